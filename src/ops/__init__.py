@@ -1,52 +1,262 @@
-"""pdfgc_ops: StyleGAN2 fused ops (upfirdn2d, fused leaky ReLU).
+"""pdfgc_ops: the two StyleGAN2 ops PD-FGC's generator needs (SPEC 3), behind one dispatch.
 
-PLACEHOLDER (bootstrap): pure-PyTorch reference only; the ops owner replaces this with the dispatching
-implementation (ref / cpu / cuda). Public names and signatures below are the contract and must not change.
+Public API (the contract other parts use):
+    upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl="auto")
+    fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=sqrt(2), impl="auto")
+    FusedLeakyReLU(channels, negative_slope=0.2, scale=sqrt(2))   # bias Parameter (1, C, 1, 1)
+    backend_info()
+
+Implementations (`impl`):
+    "ref"  plain PyTorch (one depthwise convolution / three element-wise ops); any device and dtype; any order
+           of gradient.
+    "cpu"  our C++ kernels (float32/float64, at::parallel_for), JIT-built by ninja on first use.
+    "cuda" our CUDA kernels (float32/float64/float16/bfloat16), JIT-built on the first CUDA call.
+    "auto" the fastest available for the tensor's device, dtype and shape: never builds CUDA code for CPU tensors;
+           on CPU, upfirdn2d uses the C++ kernel only at configurations where it measured faster than "ref"
+           (see docs/ops.md); a failed build falls back to "ref" with one warning.
+The environment variable PDFGC_OPS_IMPL (auto|ref|cpu|cuda) replaces the default "auto" (an explicit `impl`
+argument other than "auto" wins over it). "cpu"/"cuda", requested either way, fail loudly instead of falling
+back. Nothing is compiled at import.
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
+import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["upfirdn2d", "fused_leaky_relu", "FusedLeakyReLU", "backend_info"]
+from . import _ext
+from ._params import UpFirDnParams, check_inputs, flat_bias, parse_params
+from .ref import fused_leaky_relu_ref, upfirdn2d_ref
+
+__all__ = ["upfirdn2d", "fused_leaky_relu", "FusedLeakyReLU", "backend_info", "ExtensionBuildError"]
+
+ExtensionBuildError = _ext.ExtensionBuildError
+IMPLS = ("auto", "ref", "cpu", "cuda")
+ENV_VAR = "PDFGC_OPS_IMPL"
+_KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+}
+
+_state_lock = threading.Lock()
+_running: dict[str, dict[str, str]] = {"upfirdn2d": {}, "fused_leaky_relu": {}}  # op -> device -> impl last used
+_warned: set[str] = set()
+
+
+def _requested(impl: str) -> tuple[str, str]:
+    """(implementation asked for, where the request came from: 'argument' | 'PDFGC_OPS_IMPL' | 'default')."""
+    if impl not in IMPLS:
+        raise ValueError(f"pdfgc_ops: impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl, "argument"
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if env:
+        if env not in IMPLS:
+            raise ValueError(f"pdfgc_ops: environment variable {ENV_VAR}={env!r}; expected one of {IMPLS} (or unset)")
+        return env, ENV_VAR
+    return "auto", "default"
+
+
+def _explicit(op: str, req: str, source: str, x: torch.Tensor, ext_name: str) -> str:
+    """Checks for an explicitly requested compiled implementation; raises instead of falling back."""
+    where = f"impl={req!r}" if source == "argument" else f"{ENV_VAR}={req!r}"
+    if x.device.type != req:
+        raise ValueError(
+            f"pdfgc_ops.{op}: {where} needs a {req} tensor, got one on {x.device}; "
+            "move the tensor or use impl='auto'/'ref'"
+        )
+    if x.dtype not in _KERNEL_DTYPES[req]:
+        raise TypeError(
+            f"pdfgc_ops.{op}: {where} supports dtypes {_KERNEL_DTYPES[req]}, got {x.dtype}; use impl='ref'"
+        )
+    _ext.get(ext_name)  # ExtensionBuildError propagates: loud by request
+    return req
+
+
+def _auto_ext_or_ref(op: str, ext_name: str) -> str:
+    """Build/load `ext_name` for impl='auto'; on failure warn once and use the reference."""
+    try:
+        _ext.get(ext_name)
+        return "ext"
+    except ExtensionBuildError as exc:
+        with _state_lock:
+            first = ext_name not in _warned
+            _warned.add(ext_name)
+        if first:
+            warnings.warn(
+                f"pdfgc_ops.{op}: falling back to the PyTorch reference implementation because {exc}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return "ref"
+
+
+def _record(op: str, device: torch.device, impl: str) -> None:
+    d = _running[op]
+    d.pop(device.type, None)  # re-insert so that the dict's last entry is the latest call
+    d[device.type] = impl
+
+
+# --- upfirdn2d -------------------------------------------------------------------------------------------------
+
+# Measured on the development CPU (docs/ops.md, `python -m benchmarks.bench_ops`): the C++ kernel beats the
+# depthwise-convolution reference for these (up, down) configurations; elsewhere "auto" keeps the reference.
+_CPU_WINS_MAX_PLANE = {  # (ux, uy, dx, dy) -> largest H*W of the input plane at which the C++ kernel still wins
+}
+
+
+def _cpu_upfirdn_wins(x: torch.Tensor, p: UpFirDnParams) -> bool:
+    limit = _CPU_WINS_MAX_PLANE.get((p.ux, p.uy, p.dx, p.dy))
+    return limit is not None and x.shape[2] * x.shape[3] <= limit
+
+
+def _choose_upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, p: UpFirDnParams, impl: str) -> str:
+    req, source = _requested(impl)
+    dev = x.device.type
+    if req == "ref":
+        return "ref"
+    if req in ("cpu", "cuda"):
+        if kernel.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"pdfgc_ops.upfirdn2d: impl={req!r} treats the kernel as a constant, but it requires grad; "
+                "use impl='ref' to differentiate w.r.t. the kernel"
+            )
+        return _explicit("upfirdn2d", req, source, x, "pdfgc_upfirdn2d" if req == "cpu" else "pdfgc_upfirdn2d_cuda")
+    # auto
+    if dev not in _KERNEL_DTYPES or x.dtype not in _KERNEL_DTYPES[dev]:
+        return "ref"
+    if kernel.requires_grad and torch.is_grad_enabled():
+        return "ref"
+    if dev == "cpu" and not _cpu_upfirdn_wins(x, p):
+        return "ref"
+    ext = "pdfgc_upfirdn2d" if dev == "cpu" else "pdfgc_upfirdn2d_cuda"
+    return dev if _auto_ext_or_ref("upfirdn2d", ext) == "ext" else "ref"
 
 
 def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl="auto"):
-    """x: (N,C,H,W); kernel: (kh,kw). Zero-insert upsample, pad (p0 before, p1 after) on both axes, true
-    convolution with `kernel`, keep every `down`-th sample."""
-    n, c, h, w = x.shape
-    p0, p1 = pad
-    if up > 1:
-        y = x.new_zeros(n, c, h * up, w * up)
-        y[:, :, ::up, ::up] = x
-        x = y
-    x = F.pad(x, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
-    x = x[:, :, max(-p0, 0): x.shape[2] - max(-p1, 0), max(-p0, 0): x.shape[3] - max(-p1, 0)]
-    k = torch.flip(kernel, [0, 1]).to(x)[None, None].repeat(c, 1, 1, 1)
-    x = F.conv2d(x, k, groups=c)
-    return x[:, :, ::down, ::down]
+    """Upsample, pad, FIR-filter and downsample every channel of x (SPEC 3.2), exactly in this order:
+
+    1. zero insertion: y[u*i, u*j] = x[i, j], zeros elsewhere; (H, W) -> (H*uy, W*ux);
+    2. pad x0/y0 zeros before and x1/y1 after (negative = crop);
+    3. "valid" true 2-D convolution with `kernel` (= cross-correlation with the kernel flipped in both axes),
+       the same kernel for every channel;
+    4. keep every d-th row/column starting at index 0.
+
+    Args:
+        x: (N, C, H, W) float tensor (any layout; the result is NCHW-contiguous for the compiled kernels).
+        kernel: (kh, kw) FIR kernel; not normalised here (callers multiply by up**2 to keep DC gain after
+            zero insertion, SPEC 3.2).
+        up, down: int, or (x, y) per-axis factors, >= 1.
+        pad: int, (p0, p1) (same pair on both axes: the reference form) or (x0, x1, y0, y1).
+        impl: "auto" | "ref" | "cpu" | "cuda" (module docstring).
+    Returns:
+        (N, C, OH, OW), OH = (H*uy + y0 + y1 - kh) // dy + 1, OW = (W*ux + x0 + x1 - kw) // dx + 1.
+    """
+    p = parse_params(up, down, pad)
+    check_inputs(x, kernel, p)
+    chosen = _choose_upfirdn2d(x, kernel, p, impl)
+    _record("upfirdn2d", x.device, chosen)
+    if chosen == "ref":
+        return upfirdn2d_ref(x, kernel, p)
+    from ._functions import UpFirDn2d
+
+    return UpFirDn2d.apply(x, kernel.detach(), p, chosen)
+
+
+# --- fused leaky ReLU -------------------------------------------------------------------------------------------
+
+
+def _choose_act(x: torch.Tensor, impl: str) -> str:
+    req, source = _requested(impl)
+    if req == "ref":
+        return "ref"
+    if req in ("cpu", "cuda"):
+        return _explicit("fused_leaky_relu", req, source, x,
+                         "pdfgc_fused_act" if req == "cpu" else "pdfgc_fused_act_cuda")
+    dev = x.device.type
+    if dev not in _KERNEL_DTYPES or x.dtype not in _KERNEL_DTYPES[dev] or x.ndim < 2:
+        return "ref"
+    ext = "pdfgc_fused_act" if dev == "cpu" else "pdfgc_fused_act_cuda"
+    return dev if _auto_ext_or_ref("fused_leaky_relu", ext) == "ext" else "ref"
 
 
 def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=math.sqrt(2), impl="auto"):
-    if bias is not None:
-        shape = [1, -1] + [1] * (x.ndim - 2)
-        x = x + bias.reshape(shape)
-    return F.leaky_relu(x, negative_slope) * scale
+    """scale * leaky_relu(x + bias, negative_slope) (SPEC 3.1), exactly in this order:
+
+    1. z = x + bias, bias broadcast along axis 1 (the channel axis);
+    2. z if z >= 0 else negative_slope * z;
+    3. multiply by `scale` (sqrt(2) keeps the activation variance near 1 under equalised learning rate).
+
+    Args:
+        x: (N, C, ...) any rank >= 2 (e.g. (N, C) after EqualLinear, (N, C, H, W) after a conv).
+        bias: None, (C,) or (1, C, 1, ..., 1).
+        negative_slope, scale: floats; any values are honoured.
+        impl: "auto" | "ref" | "cpu" | "cuda". The compiled paths save only a 1-byte sign mask for backward.
+    Returns:
+        Tensor of x's shape (and, for dense NCHW / channels_last input, x's layout).
+    """
+    b = flat_bias(bias, x.shape[1]) if bias is not None else None  # validates the shape before any work
+    chosen = _choose_act(x, impl)
+    _record("fused_leaky_relu", x.device, chosen)
+    if chosen == "ref":
+        return fused_leaky_relu_ref(x, b, negative_slope, scale)
+    from ._functions import FusedLeakyReLUFn
+
+    return FusedLeakyReLUFn.apply(x, bias, float(negative_slope), float(scale), chosen)
 
 
 class FusedLeakyReLU(nn.Module):
-    def __init__(self, channels, negative_slope=0.2, scale=math.sqrt(2)):
+    """Bias + leaky ReLU + gain with a learnable bias stored as (1, C, 1, 1) (the released checkpoints' layout).
+
+    Args:
+        channels: C.
+        negative_slope: slope for negative inputs (0.2 in StyleGAN2).
+        scale: output gain (sqrt(2)).
+        impl: implementation passed to `fused_leaky_relu` (keyword-only addition to the bootstrap contract).
+    """
+
+    def __init__(self, channels, negative_slope=0.2, scale=math.sqrt(2), *, impl="auto"):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.negative_slope = negative_slope
         self.scale = scale
+        self.impl = impl
 
     def forward(self, x):
-        return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
+        return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.bias.shape[1]}, negative_slope={self.negative_slope}, scale={self.scale:.4f}"
 
 
-def backend_info():
-    return {"requested": "ref", "upfirdn2d": "ref", "fused_leaky_relu": "ref", "errors": {}}
+def backend_info() -> dict:
+    """What was requested, what ran, and what failed to build, for this process.
+
+    Returns a dict: `requested` (the default impl after PDFGC_OPS_IMPL), `upfirdn2d` / `fused_leaky_relu` (the
+    implementation used by the latest call on any device, or None before the first call), `running`
+    ({op: {device_type: impl}}), `built` (extensions loaded), `errors` ({extension: build error}),
+    `extensions_dir` (TORCH_EXTENSIONS_DIR or torch's cache).
+    """
+    try:
+        requested = _requested("auto")[0]
+    except ValueError as exc:
+        requested = f"invalid ({exc})"
+    st = _ext.status()
+
+    def last(op):
+        d = _running[op]
+        return next(reversed(d.values())) if d else None
+
+    return {
+        "requested": requested,
+        "upfirdn2d": last("upfirdn2d"),
+        "fused_leaky_relu": last("fused_leaky_relu"),
+        "running": {op: dict(d) for op, d in _running.items()},
+        "built": st["built"],
+        "errors": st["errors"],
+        "extensions_dir": _ext.extensions_dir(),
+    }

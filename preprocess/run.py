@@ -1,0 +1,263 @@
+"""Run the preprocessing over a folder: discovery, deterministic sharding, resume, workers, progress, report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdfgc.data.video import VIDEO_EXTENSIONS
+
+from . import store
+from .clip import ClipOptions, process_clip
+
+_ID_RE = re.compile(r"^id\d+$")
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    key: str  # input-relative path without extension, '/'-separated: unique clip id and output path
+    identity: str
+    src: str  # absolute path
+
+
+def identity_of(rel: Path) -> str:
+    """Identity label of an input-relative clip path: the first folder named like a VoxCeleb id (`id00012`), else the
+    first folder, else (a flat folder of videos) the file's stem."""
+    parts = rel.parts[:-1]
+    for p in parts:
+        if _ID_RE.match(p):
+            return p
+    return parts[0] if parts else rel.stem
+
+
+def discover(input_dir) -> list[ClipTask]:
+    """Every video file under `input_dir` (recursively; extensions of pdfgc.data.video), sorted by key."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--input {root}: not a folder; pass the VoxCeleb2 root (id*/video_id/*.mp4) or any "
+                                "folder of videos")
+    tasks = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if fn.startswith(".") or Path(fn).suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            p = Path(dirpath) / fn
+            rel = p.relative_to(root)
+            tasks.append(ClipTask(rel.with_suffix("").as_posix(), identity_of(rel), str(p)))
+    tasks.sort(key=lambda t: t.key)
+    keys = [t.key for t in tasks]
+    if len(set(keys)) != len(keys):
+        dup = sorted(k for k, c in Counter(keys).items() if c > 1)[:5]
+        raise ValueError(f"--input {root}: several videos share a name up to the extension ({dup}); rename them")
+    return tasks
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    """Deterministic machine shard of a clip: a hash of its key (stable when other files are added or removed)."""
+    h = hashlib.md5(key.encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "little") % num_shards
+
+
+def is_test_identity(identity: str, test_fraction: float) -> bool:
+    """Deterministic identity split by hash (stable across machines and dataset growth)."""
+    h = hashlib.blake2b(f"pdfgc-split:{identity}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0 ** 64 < test_fraction
+
+
+# ------------------------------------------------------------------------------------------------------------
+# workers: one landmark backend per process, built once
+
+_BACKEND = None
+_WORKER_ARGS: dict = {}
+
+
+def _make_backend(opts: ClipOptions, backend_kwargs: dict):
+    from pdfgc.data.landmarks import get_backend
+
+    return get_backend(opts.backend, **backend_kwargs)
+
+
+def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_dir: str) -> None:
+    global _BACKEND
+    os.environ["OMP_NUM_THREADS"] = "1"  # one core per worker: parallelism comes from processes
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:
+        pass
+    _WORKER_ARGS.update(opts=opts, out_dir=out_dir, input_dir=input_dir)
+    _BACKEND = _make_backend(opts, backend_kwargs)
+
+
+def _work(task: ClipTask) -> dict:
+    a = _WORKER_ARGS
+    rel = os.path.relpath(task.src, a["input_dir"])
+    return process_clip(task.src, task.key, task.identity, a["out_dir"], _BACKEND, a["opts"], rel_src=rel)
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunConfig:
+    input: str
+    output: str
+    workers: int = 1
+    shard: int = 0
+    num_shards: int = 1
+    retry_failed: bool = False
+    limit: int = 0  # process at most this many pending clips (0 = all)
+    test_fraction: float = 0.02
+    split_file: str | None = None  # identities of the test split, one per line (overrides test_fraction)
+    progress: bool = True
+    opts: ClipOptions = field(default_factory=ClipOptions)
+    backend_kwargs: dict = field(default_factory=dict)
+
+
+def pending_tasks(tasks: list[ClipTask], out_dir, retry_failed: bool) -> tuple[list[ClipTask], int]:
+    """Tasks not finished yet: no record, or (with retry_failed) a failed/skipped record, or an ok record whose file
+    is gone. Returns (pending, number already finished)."""
+    recs = store.read_records(out_dir)
+    todo, done = [], 0
+    for t in tasks:
+        r = recs.get(t.key)
+        if r is None:
+            todo.append(t)
+        elif r.get("status") == "ok":
+            if store.clip_path(out_dir, t.key).is_file():
+                done += 1
+            else:
+                todo.append(t)
+        elif retry_failed:
+            todo.append(t)
+        else:
+            done += 1
+    return todo, done
+
+
+def _cleanup_temp(out_dir: Path) -> int:
+    # temp files of clips that were in flight when a previous run was killed
+    n = 0
+    clips = out_dir / store.CLIPS_DIR
+    if clips.is_dir():
+        for p in clips.rglob(".tmp_*"):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
+    return n
+
+
+def run(cfg: RunConfig) -> dict:
+    """Preprocess every pending clip of this machine shard, then merge manifests; returns the report dict."""
+    if not 0 <= cfg.shard < cfg.num_shards:
+        raise ValueError(f"--shard {cfg.shard} must lie in [0, --num-shards {cfg.num_shards})")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _cleanup_temp(out)
+    all_tasks = discover(cfg.input)
+    mine = [t for t in all_tasks if shard_of(t.key, cfg.num_shards) == cfg.shard]
+    todo, already = pending_tasks(mine, out, cfg.retry_failed)
+    if cfg.limit:
+        todo = todo[:cfg.limit]
+    part = out / store.MANIFEST_DIR / store.part_name(cfg.shard, cfg.num_shards)
+    print(f"[preprocess] {len(all_tasks)} clips under {cfg.input}; shard {cfg.shard}/{cfg.num_shards}: {len(mine)}; "
+          f"already finished {already}; to do {len(todo)}; workers {cfg.workers}; backend {cfg.opts.backend}",
+          file=sys.stderr)
+    counts: Counter = Counter()
+    reasons: Counter = Counter()
+    t0 = time.perf_counter()
+    frames = 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="clip", disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05)
+
+    def consume(rec: dict) -> None:
+        nonlocal frames
+        store.append_record(part, rec)
+        counts[rec["status"]] += 1
+        if rec["status"] != "ok":
+            reasons[f"{rec['status']}:{rec['reason']}"] += 1
+        frames += rec.get("num_frames", 0) if rec["status"] == "ok" else 0
+        bar.update(1)
+        el = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(ok=counts["ok"], skip=counts["skipped"], fail=counts["failed"], fps=f"{frames / el:.1f}")
+
+    input_dir = str(Path(cfg.input).resolve())
+    try:
+        if cfg.workers <= 1 or len(todo) <= 1:
+            _init_worker(cfg.opts, cfg.backend_kwargs, str(out), input_dir) if todo else None
+            for t in todo:
+                consume(_work(t))
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # no forked torch/dlib state; same behaviour on every OS
+            with ctx.Pool(cfg.workers, initializer=_init_worker,
+                          initargs=(cfg.opts, cfg.backend_kwargs, str(out), input_dir)) as pool:
+                for rec in pool.imap_unordered(_work, todo, chunksize=1):
+                    consume(rec)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    report = finalize(out, cfg.test_fraction, cfg.split_file)
+    report["this_run"] = {"processed": sum(counts.values()), "ok": counts["ok"], "skipped": counts["skipped"],
+                          "failed": counts["failed"], "reasons": dict(sorted(reasons.items())),
+                          "seconds": round(elapsed, 2), "frames": frames,
+                          "clips_per_s": round(sum(counts.values()) / elapsed, 3) if elapsed > 0 else None,
+                          "shard": cfg.shard, "num_shards": cfg.num_shards}
+    store.atomic_write_bytes(out / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
+    print_report(report, file=sys.stderr)
+    return report
+
+
+def finalize(out_dir, test_fraction: float = 0.02, split_file: str | None = None) -> dict:
+    """Merge the manifest parts into `manifest.jsonl` (sorted, latest record per clip, timing fields dropped) and
+    write identity split lists `splits/{train,test}.txt`. Idempotent; safe to run while other shards still work."""
+    out = Path(out_dir)
+    recs = store.read_records(out)
+    lines = []
+    for k in sorted(recs):
+        r = {kk: v for kk, v in recs[k].items() if kk not in ("time_s", "traceback")}
+        lines.append(json.dumps(r, sort_keys=True))
+    store.atomic_write_bytes(out / "manifest.jsonl", "".join(x + "\n" for x in lines).encode())
+    ids = sorted({r["identity"] for r in recs.values() if r.get("status") == "ok"})
+    if split_file:
+        test_ids = set(store.read_split(split_file))
+    else:
+        test_ids = {i for i in ids if is_test_identity(i, test_fraction)}
+    store.write_lines(out / "splits" / "train.txt", [i for i in ids if i not in test_ids])
+    store.write_lines(out / "splits" / "test.txt", [i for i in ids if i in test_ids])
+    status = Counter(r.get("status") for r in recs.values())
+    reasons = Counter(f"{r.get('status')}:{r.get('reason')}" for r in recs.values() if r.get("status") != "ok")
+    return {"total": {"clips": len(recs), "ok": status["ok"], "skipped": status["skipped"],
+                      "failed": status["failed"], "reasons": dict(sorted(reasons.items())),
+                      "identities": len(ids), "test_identities": len([i for i in ids if i in test_ids]),
+                      "frames": sum(r.get("num_frames", 0) for r in recs.values() if r.get("status") == "ok")}}
+
+
+def print_report(report: dict, file=sys.stderr) -> None:
+    tr, tot = report.get("this_run", {}), report["total"]
+    if tr:
+        print(f"[preprocess] this run: {tr['processed']} clips in {tr['seconds']} s "
+              f"({tr['clips_per_s']} clips/s, {tr['frames']} frames): ok {tr['ok']}, skipped {tr['skipped']}, "
+              f"failed {tr['failed']}", file=file)
+    print(f"[preprocess] output total: {tot['clips']} clips: ok {tot['ok']}, skipped {tot['skipped']}, failed "
+          f"{tot['failed']}; {tot['identities']} identities ({tot['test_identities']} in test); "
+          f"{tot['frames']} frames", file=file)
+    for r, c in tot["reasons"].items():
+        print(f"[preprocess]   {r}: {c}", file=file)

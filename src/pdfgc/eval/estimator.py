@@ -1,0 +1,260 @@
+"""Factor estimator: a small CNN that reads the synthetic ground-truth factors back from an image.
+
+It is trained on renders of the synthetic *train* identities and evaluated on held-out *test* identities, then
+used by the disentanglement benchmark to measure which factors a generated frame shows. Outputs per image:
+pose (6: yaw, pitch, roll [rad], tx, ty, tz), gaze (2), eye_open (2), mouth (2), emotion intensity (1) and
+emotion class logits (len(EMOTIONS)).
+
+Cached on disk as one torch file (`save` / `load`): weights, target normalisation, the data spec it was trained
+on and its own held-out accuracy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# regression targets in output order: name -> width
+REG_FACTORS = (("pose", 6), ("gaze", 2), ("eye_open", 2), ("mouth", 2), ("emotion_intensity", 1))
+REG_DIM = sum(w for _, w in REG_FACTORS)
+NUM_EMOTIONS = 5  # pdfgc.data.synthetic.EMOTIONS (neutral, happy, sad, angry, surprised)
+ESTIMATOR_FORMAT = 1
+
+
+def _block(i: int, o: int) -> list[nn.Module]:
+    return [nn.Conv2d(i, o, 3, 2, 1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+            nn.Conv2d(o, o, 3, 1, 1), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+
+class FactorEstimator(nn.Module):
+    """`forward(x (B,3,S,S) in [-1,1]) -> dict(reg=(B,13) standardised, logits=(B,5))`; `predict` de-standardises.
+
+    The image is resized to `image_size` first, so one estimator serves any input size. The last feature map is
+    flattened, not pooled, because pose translation and gaze are positions.
+    """
+
+    def __init__(self, image_size: int = 56, width: int = 32, num_emotions: int = NUM_EMOTIONS):
+        super().__init__()
+        self.image_size = int(image_size)
+        self.width = int(width)
+        self.num_emotions = int(num_emotions)
+        w = self.width
+        self.features = nn.Sequential(*_block(3, w), *_block(w, 2 * w), *_block(2 * w, 3 * w), *_block(3 * w, 4 * w))
+        side = self.image_size
+        for _ in range(4):
+            side = (side + 1) // 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, 256), nn.ReLU(inplace=True),
+                                  nn.Linear(256, REG_DIM + self.num_emotions))
+        self.register_buffer("mean", torch.zeros(REG_DIM))
+        self.register_buffer("std", torch.ones(REG_DIM))
+
+    def forward(self, x: torch.Tensor) -> dict:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        out = self.head(self.features(x))
+        return {"reg": out[:, :REG_DIM], "logits": out[:, REG_DIM:]}
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Factors of images `x` (B,3,S,S) in [-1,1]: dict of float32 arrays keyed like the ground truth
+        (`pose` (B,6), `gaze`, `eye_open`, `mouth` (B,2), `emotion_intensity` (B,), `emotion` (B,) int64) plus
+        `emotion_prob` (B, 5)."""
+        self.eval()
+        regs, probs = [], []
+        dev = self.mean.device
+        for s in range(0, len(x), batch_size):
+            o = self(x[s:s + batch_size].to(dev).float())
+            regs.append((o["reg"] * self.std + self.mean).cpu())
+            probs.append(o["logits"].softmax(-1).cpu())
+        reg = torch.cat(regs).numpy() if regs else np.zeros((0, REG_DIM), np.float32)
+        prob = torch.cat(probs).numpy() if probs else np.zeros((0, self.num_emotions), np.float32)
+        out, c = {}, 0
+        for name, w in REG_FACTORS:
+            out[name] = reg[:, c:c + w] if w > 1 else reg[:, c]
+            c += w
+        out["emotion_prob"] = prob
+        out["emotion"] = prob.argmax(-1).astype(np.int64)
+        return out
+
+
+def _stack_targets(f: dict) -> np.ndarray:
+    cols = []
+    for name, w in REG_FACTORS:
+        cols.append(np.asarray(f[name], np.float32).reshape(len(f[name]), w))
+    return np.concatenate(cols, axis=1)
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 `(N,S,S,3)` -> float `(N,3,S,S)` in [-1,1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def sample_frames(source, num_clips: int, frames_per_clip: int, seed: int = 0, progress: bool = False,
+                  desc: str = "render") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Render `frames_per_clip` random frames from each of the first `num_clips` clips of a ClipSource.
+
+    Returns (uint8 (n,S,S,3), factors dict with leading axis n).
+    """
+    rng = np.random.default_rng(seed)
+    clips = np.arange(min(num_clips, len(source)))
+    imgs, facts = [], []
+    it = clips
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(clips, desc=desc, unit="clip", leave=False)
+    for c in it:
+        n = source.num_frames(int(c))
+        idx = np.sort(rng.choice(n, size=min(frames_per_clip, n), replace=False))
+        imgs.append(source.frames(int(c), idx))
+        facts.append(source.factors(int(c), idx))
+    keys = facts[0].keys()
+    return np.concatenate(imgs), {k: np.concatenate([f[k] for f in facts]) for k in keys}
+
+
+def evaluate_estimator(est: FactorEstimator, frames: np.ndarray, factors: dict) -> dict:
+    """Held-out accuracy of the estimator on frames with ground truth.
+
+    Returns MAE per factor in natural units (pose rotation in degrees, `pose_t` in face-size units, gaze,
+    eye_open, mouth, emotion intensity), `emotion_acc` (class accuracy) and `r2` per regression factor
+    (1 - MSE / variance of the ground truth; 1 = perfect, 0 = predicting the mean).
+    """
+    pred = est.predict(to_tensor(frames))
+    out: dict = {}
+    rot_p = np.degrees(pred["pose"][:, :3])
+    rot_g = np.degrees(np.asarray(factors["pose"])[:, :3])
+    out["pose_deg_mae"] = float(np.mean(np.abs(rot_p - rot_g)))
+    out["pose_t_mae"] = float(np.mean(np.abs(pred["pose"][:, 3:] - np.asarray(factors["pose"])[:, 3:])))
+    for name in ("gaze", "eye_open", "mouth", "emotion_intensity"):
+        out[f"{name}_mae"] = float(np.nanmean(np.abs(pred[name] - np.asarray(factors[name]))))
+    out["emotion_acc"] = float(np.mean(pred["emotion"] == np.asarray(factors["emotion"])))
+    r2 = {}
+    for name, _ in REG_FACTORS:
+        g = np.asarray(factors[name], np.float64)
+        p = np.asarray(pred[name], np.float64)
+        var = np.nanvar(g, axis=0)
+        mse = np.nanmean((p - g) ** 2, axis=0)
+        r2[name] = float(np.mean(1.0 - mse / np.maximum(var, 1e-12)))
+    out["r2"] = r2
+    out["num_frames"] = int(len(frames))
+    return out
+
+
+def train_estimator(train_source, test_source=None, steps: int = 600, batch_size: int = 64, lr: float = 2e-3,
+                    num_clips: int = 200, frames_per_clip: int = 16, width: int = 32, seed: int = 0,
+                    test_clips: int = 40, progress: bool = True, log=print) -> FactorEstimator:
+    """Train a `FactorEstimator` on renders of `train_source` (a synthetic ClipSource with ground truth).
+
+    A fixed pool of `num_clips * frames_per_clip` frames is rendered once, then `steps` Adam steps of
+    `batch_size` are taken (loss: MSE on standardised regression targets + cross-entropy on the emotion class).
+    With `test_source`, the held-out accuracy (`evaluate_estimator`) is stored in `est.metrics`.
+    """
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    frames, facts = sample_frames(train_source, num_clips, frames_per_clip, seed=seed, progress=progress,
+                                  desc="estimator: render train")
+    x_all = to_tensor(frames)
+    y_all = torch.from_numpy(_stack_targets(facts))
+    cls_all = torch.from_numpy(np.asarray(facts["emotion"], np.int64))
+    est = FactorEstimator(image_size=train_source.image_size, width=width)
+    est.mean.copy_(y_all.nanmean(0) if hasattr(y_all, "nanmean") else y_all.mean(0))
+    est.std.copy_(torch.from_numpy(np.nanstd(y_all.numpy(), axis=0)).clamp_min(1e-3))
+    opt = torch.optim.Adam(est.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    est.train()
+    bar = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="estimator: train", unit="step", leave=False)
+    n = len(x_all)
+    for _ in bar:
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        x = x_all[idx]
+        # small photometric jitter so the estimator reads geometry, not exact colours of renders
+        x = (x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1, generator=gen))
+             + 0.1 * torch.randn(len(x), 3, 1, 1, generator=gen)).clamp(-1, 1)
+        out = est(x)
+        y = (y_all[idx] - est.mean) / est.std
+        mask = torch.isfinite(y)
+        loss_reg = F.mse_loss(out["reg"][mask], y[mask])
+        loss_cls = F.cross_entropy(out["logits"], cls_all[idx])
+        loss = loss_reg + 0.5 * loss_cls
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and hasattr(bar, "set_postfix"):
+            bar.set_postfix(reg=f"{loss_reg.item():.3f}", cls=f"{loss_cls.item():.3f}")
+    est.eval()
+    est.train_seconds = time.perf_counter() - t0
+    est.metrics = {}
+    if test_source is not None:
+        tf, tfa = sample_frames(test_source, test_clips, 8, seed=seed + 1)
+        est.metrics = evaluate_estimator(est, tf, tfa)
+    est.spec = dict(image_size=train_source.image_size, steps=steps, batch_size=batch_size, lr=lr,
+                    num_clips=num_clips, frames_per_clip=frames_per_clip, width=width, seed=seed,
+                    data_seed=getattr(train_source, "seed", None))
+    if log is not None:
+        m = est.metrics
+        if m:
+            log(f"factor estimator trained in {est.train_seconds:.1f} s; held-out: pose {m['pose_deg_mae']:.2f} deg, "
+                f"gaze {m['gaze_mae']:.3f}, eye_open {m['eye_open_mae']:.3f}, mouth {m['mouth_mae']:.3f}, "
+                f"emotion acc {m['emotion_acc']:.2f}")
+    return est
+
+
+def save_estimator(est: FactorEstimator, path) -> Path:
+    """Write the estimator (weights + spec + held-out metrics) atomically to `path`."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = dict(format=ESTIMATOR_FORMAT, image_size=est.image_size, width=est.width,
+                num_emotions=est.num_emotions, state_dict=est.state_dict(),
+                metrics=getattr(est, "metrics", {}), spec=getattr(est, "spec", {}))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_estimator(path, device: str | torch.device = "cpu") -> FactorEstimator:
+    """Load a cached estimator written by `save_estimator`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"factor estimator {path}: no such file; run `python -m pdfgc.eval synthetic ... "
+                                f"--estimator {path}` once to train and cache it")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("format") != ESTIMATOR_FORMAT:
+        raise ValueError(f"factor estimator {path}: not a pdfgc estimator file (format "
+                         f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}, expected "
+                         f"{ESTIMATOR_FORMAT}); delete it to retrain")
+    est = FactorEstimator(blob["image_size"], blob["width"], blob["num_emotions"])
+    est.load_state_dict(blob["state_dict"])
+    est.metrics = blob.get("metrics", {})
+    est.spec = blob.get("spec", {})
+    return est.eval().to(device)
+
+
+def chance_scale(values: np.ndarray, seed: int = 0, pairs: int = 4096) -> float:
+    """Mean absolute difference between random pairs of rows of `values` (n, d): the error of a guess that
+    ignores the input, used to normalise errors and movements of a factor (0 = exact, ~1 = chance)."""
+    v = np.asarray(values, np.float64).reshape(len(values), -1)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(v), pairs)
+    b = rng.integers(0, len(v), pairs)
+    d = np.nanmean(np.abs(v[a] - v[b]))
+    return float(d) if math.isfinite(d) and d > 0 else 1.0

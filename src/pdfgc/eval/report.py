@@ -1,0 +1,162 @@
+"""Report writers: JSON (strict: non-finite numbers become the strings "inf"/"-inf"/"nan"), markdown tables and
+the leakage heatmap PNG (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+METHOD_LABELS = {"model": "model", "copy_source": "copy source", "copy_driver": "copy driver",
+                 "model_control_off": "model, control off", "estimator_on_driver": "estimator on driver"}
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(obj: dict, path) -> Path:
+    """Write `obj` as strict JSON (see module docstring) atomically."""
+    path = Path(path)
+    _atomic_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table from a header and rows of cells (floats formatted to 3 decimals)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(c) for c in r) + " |")
+    return "\n".join(lines)
+
+
+def synthetic_markdown(report: dict) -> str:
+    """Markdown summary of a synthetic-benchmark report."""
+    factors = report["factors"]
+    ctrl = report["control"]
+    cols = ["model", "model_control_off", "copy_source", "copy_driver", "estimator_on_driver"]
+    cfg = report["config"]
+    out = [f"## Synthetic disentanglement benchmark ({cfg['clips']} samples x {cfg['frames']} frames, "
+           f"{cfg['image_size']} px, test identities)", "",
+           "Control error per factor: normalised error (0 = follows the driver exactly, ~1 = chance), raw error "
+           "in brackets. Lower is better.", ""]
+    rows = []
+    for f in factors:
+        row = [f"{f} ({report['units'][f]})"]
+        for c in cols:
+            e = ctrl[c][f]
+            row.append(f"{_fmt(e['nerr'], 2)} ({_fmt(e['err'], 3)})")
+        rows.append(row)
+    acc = report["emotion_acc"]
+    rows.append(["emotion class accuracy"] + [_fmt(acc.get(c), 2) for c in cols])
+    out.append(md_table(["factor"] + [METHOD_LABELS[c] for c in cols], rows))
+    out += ["", "Leakage (row: only this factor's driver changes; column: how much each factor moves, in units of "
+            "its chance-level change). Ideal: 1 on the diagonal, 0 elsewhere.", ""]
+    for m, mat in report["leakage"].items():
+        s = report["leakage_summary"][m]
+        out += [f"**{METHOD_LABELS.get(m, m)}** (response {_fmt(s['response'], 2)}, "
+                f"leakage {_fmt(s['leakage'], 2)})", ""]
+        out.append(md_table(["driver changed \\ factor"] + factors,
+                            [[f] + [_fmt(v, 2) for v in row] for f, row in zip(factors, mat)]))
+        out.append("")
+    img = report.get("image_vs_target", {})
+    if img:
+        keys = sorted({k for v in img.values() for k in v})
+        out += ["Image quality against the ground-truth render (source identity with the driver's factors):", ""]
+        out.append(md_table(["method"] + keys, [[METHOD_LABELS.get(m, m)] + [v.get(k) for k in keys]
+                                               for m, v in img.items()]))
+        out.append("")
+    est = report.get("estimator", {}).get("held_out") or {}
+    if est:
+        out += ["Factor estimator, held-out test identities: "
+                f"pose {_fmt(est.get('pose_deg_mae'), 2)} deg MAE, gaze {_fmt(est.get('gaze_mae'))}, "
+                f"eye_open {_fmt(est.get('eye_open_mae'))}, mouth {_fmt(est.get('mouth_mae'))}, "
+                f"emotion accuracy {_fmt(est.get('emotion_acc'), 2)}, "
+                f"R^2 {', '.join(f'{k} {_fmt(v, 2)}' for k, v in est.get('r2', {}).items())}.", ""]
+    t = report.get("timing", {})
+    if t:
+        out.append(f"Run time {_fmt(t.get('total_s'), 1)} s ({t.get('generated_frames')} generated frames).")
+    return "\n".join(out) + "\n"
+
+
+def leakage_heatmap(report: dict, path) -> Path:
+    """Save one heatmap per method of the leakage matrices (rows: driver changed, columns: factor moved)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    factors = report["factors"]
+    mats = report["leakage"]
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats), 3.6), squeeze=False)
+    for ax, (m, mat) in zip(axes[0], mats.items()):
+        a = np.asarray(mat, dtype=float)
+        im = ax.imshow(a, vmin=0.0, vmax=max(1.0, float(np.nanmax(a)) if a.size else 1.0), cmap="magma")
+        ax.set_xticks(range(len(factors)), factors, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(factors)), factors, fontsize=8)
+        ax.set_xlabel("factor moved", fontsize=8)
+        ax.set_ylabel("driver changed", fontsize=8)
+        ax.set_title(METHOD_LABELS.get(m, m), fontsize=9)
+        for r in range(a.shape[0]):
+            for c in range(a.shape[1]):
+                ax.text(c, r, f"{a[r, c]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if a[r, c] > 0.6 * im.get_clim()[1] else "white")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_synthetic_report(report: dict, out_dir) -> dict:
+    """Write `report.json`, `report.md` and `leakage.png` into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"),
+             "heatmap": str(out_dir / "leakage.png")}
+    report = dict(report, files=files)
+    leakage_heatmap(report, files["heatmap"])
+    _atomic_text(Path(files["markdown"]), synthetic_markdown(report))
+    write_json(report, files["json"])
+    return files
+
+
+def videos_markdown(report: dict) -> str:
+    """Markdown summary of a `videos` report: mean of each metric and one row per video."""
+    names = report["metrics"]
+    out = [f"## Video evaluation ({report['num_videos']} videos)", "",
+           md_table(["metric", "mean"], [[k, report["mean"].get(k)] for k in names]), "",
+           md_table(["video"] + names, [[v["name"]] + [v.get(k) for k in names] for v in report["videos"]])]
+    return "\n".join(out) + "\n"

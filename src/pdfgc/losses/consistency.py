@@ -1,0 +1,28 @@
+"""Consistency losses: motion consistency (motion stage) and lip-sync consistency (emo stage)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CONSISTENCY_KINDS = ("l1", "mse", "cosine")
+
+
+def feature_consistency(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Distance between two feature batches `(B, D)`: mean L1, mean squared error, or `1 - cosine` averaged over B.
+
+    Used as L_mot of the motion stage: the unified motion feature of the appearance-augmented driving frame must
+    equal the one of the clean driving frame (augmentation changes appearance only, not motion).
+    """
+    if kind not in CONSISTENCY_KINDS:
+        raise ValueError(f"consistency kind: expected one of {CONSISTENCY_KINDS}, got {kind!r}")
+    if kind == "l1":
+        return (a - b).abs().mean()
+    if kind == "mse":
+        return (a - b).square().mean()
+    return (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
+
+
+def lip_sync_consistency(visual_lip: torch.Tensor, audio_lip: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """L_con of the emo stage: the lip code that the (frozen) visual lip head reads from the generated frame must
+    match the audio lip code that drove it. The audio side is the target (detached)."""
+    return feature_consistency(visual_lip, audio_lip.detach(), kind)

@@ -1,0 +1,168 @@
+"""Unified motion encoder with per-factor heads (SPEC 2.2): a single-stack Face Alignment Network trunk
+(as in PC-AVS) -> unified motion feature f_mot, then lip / pose / eye / emotion heads."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBlock(nn.Module):
+    """Pre-activation FAN block: three chained BN-ReLU-conv3x3 branches (out/2, out/4, out/4) concatenated,
+    plus the residual (BN-ReLU-conv1x1 when in != out)."""
+
+    def __init__(self, in_planes: int, out_planes: int):
+        super().__init__()
+        h, q = out_planes // 2, out_planes // 4
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, h, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(h)
+        self.conv2 = nn.Conv2d(h, q, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(q)
+        self.conv3 = nn.Conv2d(q, out_planes - h - q, 3, padding=1, bias=False)
+        self.downsample = None
+        if in_planes != out_planes:
+            self.downsample = nn.Sequential(nn.BatchNorm2d(in_planes), nn.ReLU(True),
+                                            nn.Conv2d(in_planes, out_planes, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o1 = self.conv1(F.relu(self.bn1(x)))
+        o2 = self.conv2(F.relu(self.bn2(o1)))
+        o3 = self.conv3(F.relu(self.bn3(o2)))
+        res = x if self.downsample is None else self.downsample(x)
+        return torch.cat((o1, o2, o3), 1) + res
+
+
+class HourGlass(nn.Module):
+    """Recursive hourglass of ConvBlocks; modules b1_L, b2_L, (b2_plus_1), b3_L registered in the reference order.
+    Down: max-pool 2; up: bilinear (align_corners=False) to the skip size; Dropout(0.5) on the skip branch."""
+
+    def __init__(self, depth: int, features: int):
+        super().__init__()
+        self.depth = depth
+        self.dropout = nn.Dropout(0.5)
+        self._build(depth, features)
+
+    def _build(self, level: int, f: int) -> None:
+        self.add_module(f"b1_{level}", ConvBlock(f, f))
+        self.add_module(f"b2_{level}", ConvBlock(f, f))
+        if level > 1:
+            self._build(level - 1, f)
+        else:
+            self.add_module(f"b2_plus_{level}", ConvBlock(f, f))
+        self.add_module(f"b3_{level}", ConvBlock(f, f))
+
+    def _run(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        up1 = self.dropout(self._modules[f"b1_{level}"](x))
+        low = self._modules[f"b2_{level}"](F.max_pool2d(x, 2, stride=2))
+        low = self._run(level - 1, low) if level > 1 else self._modules[f"b2_plus_{level}"](low)
+        low = self._modules[f"b3_{level}"](low)
+        return up1 + F.interpolate(low, size=up1.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.depth, x)
+
+
+class FAN(nn.Module):
+    """Single-stack FAN feature extractor (reference `FAN_use`): (B,3,S,S) -> (B, feature_dim).
+    The 68-channel landmark-heatmap layer `l0` is reduced by conv6 (3x3/2) to one (S/8)^2 map, then fc."""
+
+    def __init__(self, image_size: int = 224, stem: int = 64, mid: int = 128, features: int = 256,
+                 hourglass_depth: int = 4, n_landmarks: int = 68, feature_dim: int = 512):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.conv2 = ConvBlock(stem, mid)
+        self.conv3 = ConvBlock(mid, mid)
+        self.conv4 = ConvBlock(mid, features)
+        self.m0 = HourGlass(hourglass_depth, features)
+        self.top_m_0 = ConvBlock(features, features)
+        self.conv_last0 = nn.Conv2d(features, features, 1)
+        self.l0 = nn.Conv2d(features, n_landmarks, 1)
+        self.bn_end0 = nn.BatchNorm2d(features)
+        self.conv6 = nn.Conv2d(n_landmarks, 1, 3, stride=2, padding=1)
+        side = -(-image_size // 8)  # 224 -> 28
+        self.fc = nn.Linear(side * side, feature_dim)
+        self.bn5 = nn.BatchNorm2d(n_landmarks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.conv2(x), 2)
+        x = self.conv4(self.conv3(x))
+        x = self.top_m_0(self.m0(x))
+        x = self.l0(F.relu(self.bn_end0(self.conv_last0(x))))
+        x = self.conv6(F.relu(self.bn5(x)))
+        return self.fc(F.relu(x.flatten(1)))
+
+
+def _head(dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.BatchNorm1d(dim), nn.Linear(dim, dim))
+
+
+def _embed(dim: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.ReLU(), nn.Linear(dim, out))
+
+
+class MotionEncoder(nn.Module):
+    """Reference `FanEncoder`: FAN trunk (`model.*`) + heads to_mouth/mouth_embed, to_headpose/headpose_embed,
+    to_eye/eye_embed, to_emo/emo_embed (trunk Linear-ReLU-BN1d-Linear, embedding ReLU-Linear).
+
+    forward(x (B,3,S,S)) -> (pose (B,pose_dim), eye (B,eye_dim), emo (B,emo_dim), mouth_feat (B,feature_dim)),
+    exactly the reference outputs; encode(x) additionally returns the unified feature and the 500-d lip code.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        stem: int = 64,                   # FAN stem width
+        mid: int = 128,                   # FAN conv2/conv3 width
+        features: int = 256,              # FAN hourglass width
+        hourglass_depth: int = 4,         # 4 at 224 px (56 -> 3); use <= log2(S/4)-1
+        n_landmarks: int = 68,
+        feature_dim: int = 512,           # unified motion feature (and head width)
+        lip_dim: int = 500,
+        pose_dim: int = 6,
+        eye_dim: int = 6,
+        emo_dim: int = 30,
+    ):
+        super().__init__()
+        self.config = dict(image_size=image_size, stem=stem, mid=mid, features=features,
+                           hourglass_depth=hourglass_depth, n_landmarks=n_landmarks, feature_dim=feature_dim,
+                           lip_dim=lip_dim, pose_dim=pose_dim, eye_dim=eye_dim, emo_dim=emo_dim)
+        if (image_size // 4) >> hourglass_depth < 1:
+            raise ValueError(f"MotionEncoder: hourglass_depth={hourglass_depth} is too deep for image_size="
+                             f"{image_size} (the hourglass input is {image_size // 4} px; need "
+                             f"{image_size // 4} >= 2**depth)")
+        self.feature_dim = feature_dim
+        self.model = FAN(image_size, stem, mid, features, hourglass_depth, n_landmarks, feature_dim)
+        self.to_mouth = _head(feature_dim)
+        self.mouth_embed = _embed(feature_dim, lip_dim)
+        self.to_headpose = _head(feature_dim)
+        self.headpose_embed = _embed(feature_dim, pose_dim)
+        self.to_eye = _head(feature_dim)
+        self.eye_embed = _embed(feature_dim, eye_dim)
+        self.to_emo = _head(feature_dim)
+        self.emo_embed = _embed(feature_dim, emo_dim)
+
+    def forward(self, x: torch.Tensor):
+        f = self.model(x)
+        pose = self.headpose_embed(self.to_headpose(f))
+        eye = self.eye_embed(self.to_eye(f))
+        emo = self.emo_embed(self.to_emo(f))
+        return pose, eye, emo, self.to_mouth(f)
+
+    def encode(self, x: torch.Tensor, heads: tuple[str, ...] = ("pose", "eye", "emo", "lip")) -> dict:
+        """x (B,3,S,S) -> dict(motion (B,feature_dim), and per requested head: pose, eye, emo,
+        mouth_feat (B,feature_dim) + lip (B,lip_dim)). Skipping heads saves work (e.g. stage 1 needs none)."""
+        f = self.model(x)
+        out = {"motion": f}
+        if "pose" in heads:
+            out["pose"] = self.headpose_embed(self.to_headpose(f))
+        if "eye" in heads:
+            out["eye"] = self.eye_embed(self.to_eye(f))
+        if "emo" in heads:
+            out["emo"] = self.emo_embed(self.to_emo(f))
+        if "lip" in heads:
+            out["mouth_feat"] = self.to_mouth(f)
+            out["lip"] = self.mouth_embed(out["mouth_feat"])
+        return out

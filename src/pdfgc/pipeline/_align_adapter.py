@@ -1,0 +1,91 @@
+"""The pipeline's bridge to the shared data code: audio features (`pdfgc.data.audio`), landmarks
+(`pdfgc.data.landmarks`) and PC-AVS alignment (`pdfgc.data.align`). Errors become `PipelineError`s."""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import torch
+
+from pdfgc.constants import IMAGE_SIZE
+from pdfgc.pipeline.errors import PipelineError
+
+
+def ref_preprocess(frames: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """uint8 aligned crops (T,H,W,3) -> float32 tensor (T,3,size,size) in [-1,1] (SPEC 1.3 steps 2-5)."""
+    from pdfgc.data.align import ref_preprocess as _ref
+
+    return torch.from_numpy(np.ascontiguousarray(_ref(np.asarray(frames), size=size)))
+
+
+def mel_windows(wav: np.ndarray, need_speech: bool, name: str = "audio") -> torch.Tensor:
+    """16 kHz samples -> (N,1,80,20) mel windows, N = T_mel//4 - 4 (SPEC 1.4).
+
+    Audio too short for one frame is an error; silent audio is an error when the mouth control is on (the lips
+    would follow amplified noise) and a warning otherwise.
+    """
+    from pdfgc.data import audio as A
+
+    need = A.min_samples_for_frames(1)
+    if len(wav) < need:
+        raise PipelineError(f"audio: {name} is too short: {len(wav)} samples ({len(wav) / A.SAMPLE_RATE:.3f} s) at "
+                            f"16 kHz; at least {need} samples ({need / A.SAMPLE_RATE:.2f} s) give one video frame "
+                            "(T seconds give 25*T - 3 frames); give a longer recording")
+    rms = float(np.sqrt(np.mean(np.asarray(wav, np.float64) ** 2)))
+    if rms < A.SILENCE_RMS:
+        msg = (f"audio: {name} is silent (RMS {rms:.1e} < {A.SILENCE_RMS:.0e}): the mouth would follow amplified "
+               "noise. Give a speech recording, or switch the mouth control off (controls without mouth)")
+        if need_speech:
+            raise PipelineError(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", A.SilentAudioWarning)  # already reported above
+            mel = A.melspectrogram(np.asarray(wav, np.float32), name=name)
+    except A.AudioError as e:
+        raise PipelineError(f"audio: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(A.mel_windows(mel)))
+
+
+@functools.lru_cache(maxsize=4)
+def landmark_backend(backend: str = "dlib", weights=None):
+    """A cached landmark backend ("dlib" offline, or "face_alignment" with weights from `weights` or the torch
+    cache); a missing model is a PipelineError that says where to get it."""
+    from pdfgc.data import landmarks as L
+
+    kwargs = {}
+    if weights is not None:
+        kwargs["predictor_path" if backend == "dlib" else "weights_dir"] = str(weights)
+    try:
+        return L.get_backend(backend, **kwargs)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise PipelineError(f"landmarks={backend}: {e}") from e
+
+
+def align(frames: np.ndarray, sequence: bool, backend: str = "dlib", weights=None, name: str = "input"
+          ) -> np.ndarray:
+    """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3).
+
+    Photos (sequence=False): exactly one face per image, one transform per image. Videos / frame folders: the face
+    is tracked (the largest face when several are seen, up to 20% of frames without a face are interpolated) and
+    one video-averaged transform plus the smoothed mouth bias is used, as PC-AVS does.
+    """
+    from pdfgc.data import align as AL
+    from pdfgc.data import landmarks as L
+
+    det = landmark_backend(backend, weights)
+    try:
+        if sequence and len(frames) > 1:
+            lm, _ = L.track_video(det, frames, multiple="largest", max_missing=0.2, name=name)
+            return AL.align_video(frames, lm).frames
+        out = []
+        for t, f in enumerate(frames):
+            lm = L.detect_one(det, f, multiple="error", name=name if len(frames) == 1 else f"{name} frame {t}")
+            out.append(AL.align_image(f, lm).frames)
+        return np.concatenate(out)
+    except L.MultipleFacesError as e:
+        raise PipelineError(f"{e}".split("; crop")[0] + "; crop the image to one person, or pass an aligned "
+                            "224x224 crop of that face") from e
+    except (L.LandmarkError, AL.AlignmentError) as e:
+        raise PipelineError(str(e)) from e

@@ -1,0 +1,430 @@
+"""`Pipeline`: the PD-FGC inference API (docs/ARCHITECTURE.md "Inference API"); no Lightning/Hydra/wandb here.
+
+Numerics follow the reference by default (SPEC 1.4-1.8):
+    N = T_mel//4 - 4 output frames; frame i uses the mel window of video frame i+2;
+    drivers: first two frames dropped, output frame i uses driver frame (i mod L);
+    lip = 1.5 * audio lip code, Gaussian-smoothed over time (3 taps, sigma 1, zero padding);
+    pose = 3-tap moving average (edge frames average the two that exist); eye, emo = 1.2 * code;
+    controls that are off -> zeros (mouth, emo, headpose) or the eye masks (blink, gaze);
+    style = [f_app | lip | emo | eye | pose] (2590), spatial input = f_sp, tanh image.
+Faster than the reference by construction (DESIGN 9): each distinct driver frame is encoded once, and only for the
+controls that are on; the audio encoder runs only when the mouth control is on; the generator gets whole batches.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pdfgc.constants import (EMO_DIM, EMO_SCALE, EYE_DIM, EYE_SCALE, FPS, FRAME_OFFSET, IMAGE_SIZE, LIP_DIM,
+                             LIP_SCALE, POSE_DIM, REFERENCE_BATCH, REFERENCE_SEED, SAMPLE_RATE)
+from pdfgc.pipeline.controls import (Controls, apply_controls, driver_indices, leading_drop, parse_controls,
+                                     smooth_lip, smooth_pose)
+from pdfgc.pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+NETWORKS = ("appearance", "motion", "audio", "generator")
+
+
+@dataclass
+class PipelineOutput:
+    """Result of one `Pipeline.__call__`.
+
+    frames       uint8 (N, S, S, 3) RGB generated frames (S = model image size; 224 for the released model)
+    fps          frames per second of `frames` (25)
+    audio        float32 mono samples of the ORIGINAL audio at `sample_rate` (what gets muxed)
+    sample_rate  16000
+    panel        uint8 (N, S, 5S, 3) reference layout [appearance | generated | pose | exp | eye] or None
+    controls     names of the controls that were on
+    timings      seconds spent per network (appearance, motion, audio, generator) and in total
+    """
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray
+    sample_rate: int = SAMPLE_RATE
+    panel: np.ndarray | None = None
+    controls: tuple[str, ...] = ()
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def _frame_key(frame: torch.Tensor) -> bytes:
+    """Content hash of one driver frame (identical pixels -> identical motion codes, so encode once)."""
+    import hashlib
+
+    a = frame.detach()
+    if a.device.type != "cpu":
+        a = a.cpu()
+    return hashlib.blake2b(a.contiguous().numpy().tobytes(), digest_size=16).digest()
+
+
+def resolve_device(device) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device={device}: CUDA is not available on this machine; use device=cpu or auto")
+    return dev
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B,3,S,S) in [-1,1] -> uint8 (B,S,S,3) by truncation of (x+1)/2*255, like the reference (SPEC 1.9)."""
+    y = ((x.detach().float().cpu() + 1) * 0.5 * 255).clamp_(0, 255)
+    return y.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class Pipeline:
+    """PD-FGC inference: portrait + speech + driving videos -> talking-head frames.
+
+    Args:
+        models: a `pdfgc.models.bundle.PDFGCModels` (attributes appearance, motion, audio, generator).
+        device: "cpu", "cuda", "cuda:1" or "auto".
+        batch_size: frames per network call (the reference uses 8; results do not depend on it).
+        seed: seeds the generator's noise maps when they are drawn (the reference seeds 20202001, SPEC 1.10).
+        noise_mode: "cached" (reference: one noise map per layer, drawn once and reused for every frame) or
+            "const" (the checkpoint's `noises.noise_i` buffers, fully deterministic), "none".
+    """
+
+    def __init__(self, models, device="cpu", batch_size: int = REFERENCE_BATCH, seed: int = REFERENCE_SEED,
+                 noise_mode: str = "cached"):
+        if int(batch_size) < 1:
+            raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.models = models.eval().to(self.device)
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.noise_mode = noise_mode
+        self.last_timings: dict[str, float] = {}
+        self.last_encoded = 0  # driver images encoded by the last generate() (for benchmarks and tests)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path, device=None, batch_size: int = REFERENCE_BATCH, **kwargs) -> "Pipeline":
+        """Load the four networks from `path`: the released folder (appearance_model.pth, motion_model.pth,
+        audio_model.pth, generator_model.pth) or a pdfgc export (`PDFGCModels.save_pretrained`)."""
+        from pdfgc.models.bundle import PDFGCModels
+
+        path = Path(path)
+        if not path.is_dir():
+            raise PipelineError(f"ckpt: {path} is not a folder; give the folder that holds the four released "
+                                "PD-FGC .pth files (appearance/motion/audio/generator_model.pth) or a pdfgc export")
+        dev = resolve_device(device)
+        if any(path.glob("*.pth")):
+            models = PDFGCModels.from_official(path)
+        else:
+            models = PDFGCModels.from_pretrained(path)
+        return cls(models, device=dev, batch_size=batch_size, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        """Side S of the model's images (224 for the released networks)."""
+        for obj in (self.models, getattr(self.models, "generator", None)):
+            for name in ("image_size", "size"):
+                v = getattr(obj, name, None)
+                if isinstance(v, int):
+                    return v
+        return IMAGE_SIZE
+
+    # ------------------------------------------------------------------ helpers
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _tick(self, name: str, t0: float) -> float:
+        self._sync()
+        t1 = time.perf_counter()
+        self.last_timings[name] = self.last_timings.get(name, 0.0) + (t1 - t0)
+        return t1
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        """Aligned uint8 crops `(T,224,224,3)` -> model input `(T,3,S,S)` in [-1,1] through the reference's
+        resize/crop/resize/normalise (`pdfgc.data.align.ref_preprocess`), the last resize going to S."""
+        from pdfgc.pipeline._align_adapter import ref_preprocess
+
+        return ref_preprocess(frames, size=self.image_size)
+
+    def _batched(self, fn, x: torch.Tensor, bar=None):
+        outs = []
+        for i in range(0, x.shape[0], self.batch_size):
+            outs.append(fn(x[i:i + self.batch_size].to(self.device)))
+            if bar is not None:
+                bar.update(min(self.batch_size, x.shape[0] - i))
+        return outs
+
+    def _check_driver(self, t, name: str) -> torch.Tensor:
+        s = self.image_size
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1:] != (3, s, s) or t.shape[0] < 1:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise PipelineError(f"{name}: expected a float tensor (L,3,{s},{s}) with L >= 1, got {shape}")
+        return t
+
+    # ------------------------------------------------------------------ tensor core
+    @torch.inference_mode()
+    def encode_motion(self, drivers: dict[str, torch.Tensor | None], num_frames: int, controls: Controls,
+                      drop_leading: bool = True) -> dict[str, torch.Tensor]:
+        """Per-output-frame raw motion codes from the drivers of the controls that are on.
+
+        drivers: {"pose": (Lp,3,S,S)|None, "exp": ..., "eye": ...}. Returns {"pose": (N,6), "emo": (N,30),
+        "eye": (N,6)} for the controls that are on (unscaled, unsmoothed). Every distinct frame is encoded once:
+        only the first min(N, L) frames after the leading drop are ever used, and frames with identical content
+        (the same video given for several controls, a static expression clip of repeated frames) share one
+        encoding -- the reference encodes three images per output frame (SPEC 1.5).
+        """
+        need = {"pose": controls.needs_pose, "exp": controls.needs_exp, "eye": controls.needs_eye}
+        what = {"pose": "headpose", "exp": "emo", "eye": "blink/gaze"}
+        pool: list[torch.Tensor] = []
+        row_of: dict[bytes, int] = {}
+        rows: dict[str, torch.Tensor] = {}
+        for name, on in need.items():
+            if not on:
+                continue
+            t = drivers.get(name)
+            if t is None:
+                raise PipelineError(f"{name}: the {what[name]} control is on but no {name} driver was given; pass "
+                                    f"{name}=VIDEO_OR_FOLDER_OR_IMAGE or switch the control off")
+            t = self._check_driver(t, name)
+            drop = leading_drop(t.shape[0]) if drop_leading else 0
+            t = t[drop:]
+            used = t[: min(num_frames, t.shape[0])]  # indices i mod L < min(N, L): never encode unused frames
+            r = []
+            for frame in used:
+                key = _frame_key(frame)
+                if key not in row_of:
+                    row_of[key] = len(pool)
+                    pool.append(frame)
+                r.append(row_of[key])
+            rows[name] = torch.as_tensor(r, dtype=torch.long)[torch.from_numpy(driver_indices(num_frames, t.shape[0]))]
+        codes: dict[str, torch.Tensor] = {}
+        if not pool:
+            return codes
+        t0 = time.perf_counter()
+        outs = self._batched(lambda x: self.models.motion(x)[:3], torch.stack(pool))
+        pose = torch.cat([o[0] for o in outs]).float()
+        eye = torch.cat([o[1] for o in outs]).float()
+        emo = torch.cat([o[2] for o in outs]).float()
+        self._tick("motion", t0)
+        self.last_encoded = len(pool)
+        for name, r in rows.items():
+            r = r.to(pose.device)
+            if name == "pose":
+                codes["pose"] = pose[r]
+            elif name == "exp":
+                codes["emo"] = emo[r]
+            else:
+                codes["eye"] = eye[r]
+        return codes
+
+    @torch.inference_mode()
+    def generate(self, source: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor | None = None,
+                 exp: torch.Tensor | None = None, eye: torch.Tensor | None = None,
+                 controls: str | Sequence[str] | Controls | None = ("all",), drop_leading: bool = True,
+                 progress: bool = False, return_style: bool = False):
+        """Tensor-level core (no I/O, no alignment).
+
+        Args:
+            source: (1,3,S,S) appearance image in [-1,1] (already reference-preprocessed).
+            mel: (N,1,80,20) mel windows, one per output frame (`pdfgc.data.audio`).
+            pose, exp, eye: (L,3,S,S) driver frames in [-1,1], or None for a control that is off. Passing the same
+                tensor object for several drivers encodes it once.
+            controls: see `parse_controls`; default all on.
+            drop_leading: drop the first two driver frames like the reference (SPEC 1.5).
+            return_style: also return the (N, 2590) style vectors fed to the generator.
+        Returns:
+            (N,3,S,S) float32 images in [-1,1] on the CPU (and the style when `return_style`).
+        """
+        controls = parse_controls(controls)
+        if mel.ndim != 4 or mel.shape[1] != 1:
+            raise PipelineError(f"mel: expected (N,1,80,20) windows, got {tuple(mel.shape)}")
+        n = int(mel.shape[0])
+        if n < 1:
+            raise PipelineError("mel: no audio windows (the audio is too short for one frame)")
+        s = self.image_size
+        if source.ndim == 3:
+            source = source[None]
+        if source.shape[1:] != (3, s, s):
+            raise PipelineError(f"source: expected (1,3,{s},{s}), got {tuple(source.shape)}")
+        self.last_timings = {k: 0.0 for k in NETWORKS}
+        self.last_encoded = 0
+        t_start = time.perf_counter()
+        m = self.models
+
+        t0 = time.perf_counter()
+        f_app, f_sp = m.appearance(source[:1].to(self.device))
+        t0 = self._tick("appearance", t0)
+
+        if controls.needs_audio:
+            outs = self._batched(lambda x: m.audio(x)[1], mel)
+            lip = torch.cat(outs).float() * LIP_SCALE
+            lip = smooth_lip(lip)
+        else:
+            lip = torch.zeros(n, LIP_DIM, device=self.device)
+        self._tick("audio", t0)
+
+        codes = self.encode_motion({"pose": pose, "exp": exp, "eye": eye}, n, controls, drop_leading)
+        pose_c = smooth_pose(codes["pose"]) if "pose" in codes else torch.zeros(n, POSE_DIM, device=self.device)
+        emo_c = codes["emo"] * EMO_SCALE if "emo" in codes else torch.zeros(n, EMO_DIM, device=self.device)
+        eye_c = codes["eye"] * EYE_SCALE if "eye" in codes else torch.zeros(n, EYE_DIM, device=self.device)
+        lip, emo_c, eye_c, pose_c = apply_controls(lip, emo_c, eye_c, pose_c, controls)
+
+        from pdfgc.models.latent import assemble_style
+
+        style = assemble_style(f_app.float().expand(n, -1), lip, emo_c, eye_c, pose_c)
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="pdfgc generate", unit="frame", leave=False)
+        t0 = time.perf_counter()
+        images = []
+        # the generator caches its noise maps on its first run: draw them from a seeded CPU generator so that the
+        # output does not depend on the device or on earlier calls (reference seed, SPEC 1.10)
+        rng = torch.Generator(device="cpu").manual_seed(int(self.seed))
+        try:
+            for i in range(0, n, self.batch_size):
+                b = min(self.batch_size, n - i)
+                img = m.generator(style[i:i + b], f_sp.expand(b, -1, -1, -1), noise_mode=self.noise_mode, rng=rng)
+                if isinstance(img, (tuple, list)):
+                    img = img[0]
+                images.append(img.float().cpu())
+                if bar is not None:
+                    bar.update(b)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._tick("generator", t0)
+        self.last_timings["total"] = time.perf_counter() - t_start
+        out = torch.cat(images)
+        return (out, style.cpu()) if return_style else out
+
+    # ------------------------------------------------------------------ file/array level
+    def __call__(self, source, audio, pose=None, exp=None, eye=None,
+                 controls: str | Sequence[str] | Controls | None = ("all",), progress: bool = True,
+                 aligned="auto", landmarks: str = "dlib", landmark_weights=None, layout: str = "video",
+                 sync_fix: bool = False, out=None) -> PipelineOutput:
+        """Generate a talking head from files or arrays.
+
+        Args:
+            source: photo/video path or uint8 array (first frame); raw inputs are aligned (see `pipeline.inputs`).
+            audio: audio file path or float32 16 kHz samples; gives N = 25*T - 3 frames (SPEC 1.4).
+            pose, exp, eye: drivers (video, folder of frames, image, uint8 array) or None when their controls
+                are off. The same path given twice is loaded and encoded once.
+            controls: e.g. ("all",), ["mouth", "headpose"], "mouth,gaze", [] (static canonical face).
+            aligned: "auto" | True | False; landmarks: "dlib" | "face_alignment" (+ landmark_weights folder).
+            layout: "video" (generated frames) or "panel" (also the reference's 5-panel frames in `.panel`).
+            sync_fix: delay the video by 2 frames (repeat the first frame) so the mouth does not lead the audio
+                by ~80 ms as in the reference (off = faithful).
+            out: optional .mp4 path; checked before any work and written at the end (atomically).
+        Returns:
+            PipelineOutput.
+        """
+        from pdfgc.pipeline import inputs
+
+        controls = parse_controls(controls)
+        if layout not in ("video", "panel"):
+            raise PipelineError(f"layout: expected 'video' or 'panel', got {layout!r}")
+        if out is not None:
+            out = inputs.check_output_path(out)
+        wav = inputs.load_audio(audio)
+        from pdfgc.pipeline._align_adapter import mel_windows
+
+        mel = mel_windows(wav, need_speech=controls.mouth,
+                          name=str(audio) if isinstance(audio, (str, Path)) else "audio array")
+        n = int(mel.shape[0])
+
+        src = inputs.load_source(source, aligned, landmarks, landmark_weights)
+        cache: dict = {}
+        drv = {}
+        for name, value, on in (("pose", pose, controls.needs_pose), ("exp", exp, controls.needs_exp),
+                                ("eye", eye, controls.needs_eye)):
+            if value is None:
+                if on:
+                    raise PipelineError(f"{name}: this control is on ({', '.join(controls.names())}) but no {name} "
+                                        f"driver was given; pass {name}=VIDEO_OR_FOLDER_OR_IMAGE or leave the "
+                                        "control out of `controls`")
+                drv[name] = None
+                continue
+            if not on and layout != "panel":
+                drv[name] = None  # an off control needs no driver: do not even load it
+                continue
+            d = inputs.load_driver(value, name, aligned, landmarks, landmark_weights, cache)
+            if d.frames.shape[0] <= FRAME_OFFSET:
+                log.warning("%s driver has %d frame(s): it is held still (repeated) for all %d output frames",
+                            name, d.frames.shape[0], n)
+            drv[name] = d
+
+        # preprocess each distinct driver once; identical objects make the core encode it once
+        tensors: dict[str, torch.Tensor] = {}
+        by_key: dict[str, torch.Tensor] = {}
+        for name, d in drv.items():
+            if d is None:
+                continue
+            if d.key not in by_key:
+                by_key[d.key] = self.preprocess(d.frames)
+            tensors[name] = by_key[d.key]
+        src_t = self.preprocess(src[None])
+        gen_in = {k: (tensors.get(k) if on else None) for k, on in
+                  (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye))}
+        images = self.generate(src_t, mel, controls=controls, progress=progress, **gen_in)
+        frames = to_uint8(images)
+        panel = None
+        if layout == "panel":
+            panel = make_panel(src_t, images, [tensors.get(k) for k in ("pose", "exp", "eye")], n)
+        if sync_fix:
+            frames = np.concatenate([np.repeat(frames[:1], FRAME_OFFSET, 0), frames])
+            if panel is not None:
+                panel = np.concatenate([np.repeat(panel[:1], FRAME_OFFSET, 0), panel])
+        result = PipelineOutput(frames=frames, fps=float(FPS), audio=wav, panel=panel, controls=controls.names(),
+                                timings=dict(self.last_timings))
+        if out is not None:
+            write_output(result, out, layout)
+        return result
+
+
+def make_panel(source: torch.Tensor, generated: torch.Tensor, drivers: list, n: int,
+               drop_leading: bool = True) -> np.ndarray:
+    """Reference 5-panel frames [appearance | generated | pose | exp | eye] -> uint8 (N, S, 5S, 3) (SPEC 1.9).
+
+    Each driver panel shows the driver frame that output frame i used (i mod L after the leading drop); an absent
+    driver is a black panel.
+    """
+    s = generated.shape[-1]
+    app = to_uint8(source[:1].cpu())[0]
+    gen = to_uint8(generated)
+    out = np.zeros((n, s, 5 * s, 3), np.uint8)
+    out[:, :, 0:s] = app
+    out[:, :, s:2 * s] = gen
+    for k, d in enumerate(drivers):
+        if d is None:
+            continue
+        drop = leading_drop(d.shape[0]) if drop_leading else 0
+        d = d[drop:]
+        idx = driver_indices(n, d.shape[0])
+        frames = to_uint8(d[: min(n, d.shape[0])].cpu())
+        out[:, :, (2 + k) * s:(3 + k) * s] = frames[idx]
+    return out
+
+
+def write_output(result: PipelineOutput, out, layout: str = "video") -> Path:
+    """Write `result` as H.264 + AAC mp4 with the original audio (atomic: nothing half-written)."""
+    from pdfgc.data.video import MediaError, write_video
+
+    frames = result.panel if layout == "panel" else result.frames
+    if frames is None:
+        raise PipelineError("layout=panel was asked for writing but the result holds no panel; "
+                            "call the pipeline with layout='panel'")
+    try:
+        return write_video(out, frames, fps=result.fps, audio=result.audio, sample_rate=result.sample_rate)
+    except MediaError as e:
+        raise PipelineError(f"out: {e}") from e

@@ -1,0 +1,215 @@
+"""Loading the pipeline's inputs: the source portrait, the three drivers and the audio (issue 3 items 4-5).
+
+Every loader returns uint8 RGB arrays of ALIGNED 224x224 crops (the PC-AVS geometry of SPEC 1.3), which the
+pipeline then passes through the reference's crop/resize/normalise (`pdfgc.data.align.ref_preprocess`).
+
+Accepted forms:
+    source   photo path | video path (its first frame) | uint8 array (H,W,3) or (T,H,W,3) (first frame)
+    driver   video path | folder of frames (sorted lexicographically, like the reference) | single image |
+             uint8 array (T,H,W,3) or (H,W,3)
+    audio    any file PyAV decodes (wav, mp3, m4a, mp4 ...) | float array of samples at 16 kHz
+
+Alignment (`aligned`): "auto" treats an input whose frames are already 224x224 as an aligned crop and passes it
+through unchanged; anything else is aligned with 68-point landmarks (`landmarks="dlib"` offline by default,
+"face_alignment" when its weights exist): per image for photos, one video-averaged transform for videos and frame
+folders (SPEC 1.3). `aligned=True` always passes through (resizing to 224 if needed), `aligned=False` always aligns.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pdfgc.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
+from pdfgc.data.video import VIDEO_EXTENSIONS, MediaError
+from pdfgc.pipeline.errors import PipelineError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Driver:
+    """An aligned driver: `frames` uint8 (L, 224, 224, 3); `key` identifies the input so that the same file given
+    for several controls is loaded and encoded once."""
+
+    frames: np.ndarray
+    key: str
+    name: str
+
+
+def _parse_aligned(aligned) -> str:
+    if aligned in (True, "true", "True", "yes", 1):
+        return "true"
+    if aligned in (False, "false", "False", "no", 0):
+        return "false"
+    if aligned in (None, "auto"):
+        return "auto"
+    raise PipelineError(f"aligned: expected true, false or auto, got {aligned!r}")
+
+
+def read_image(path) -> np.ndarray:
+    """Read one image file as uint8 RGB `(H, W, 3)` (grey and RGBA are converted); clear error if unreadable."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such image file")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise PipelineError(f"{path}: cannot read as an image (corrupt or unsupported format); "
+                            f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def list_frame_folder(folder) -> list[Path]:
+    """Image files of a frame folder in lexicographic order of their names (the reference's `sort()`)."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=lambda p: p.name)
+    if not files:
+        raise PipelineError(f"{folder}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            "put the driver frames there, named so that they sort in order (000000.jpg, ...)")
+    return files
+
+
+def read_frame_folder(folder) -> np.ndarray:
+    """All images of a folder as uint8 `(T, H, W, 3)`; every image must have the same size."""
+    files = list_frame_folder(folder)
+    frames = [read_image(f) for f in files]
+    first = frames[0].shape
+    for f, im in zip(files, frames):
+        if im.shape != first:
+            raise PipelineError(f"{folder}: images differ in size: {files[0].name} is {first[1]}x{first[0]} but "
+                                f"{f.name} is {im.shape[1]}x{im.shape[0]}; a frame folder must hold frames of one "
+                                "video (resize or re-extract them)")
+    return np.stack(frames)
+
+
+def _label(what: str, x) -> str:
+    return f"{what} {x}" if isinstance(x, (str, os.PathLike)) else what
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _as_uint8_frames(arr, what: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.shape[0] == 0:
+        raise PipelineError(f"{what}: expected uint8 RGB frames (T,H,W,3) or an image (H,W,3), "
+                            f"got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _read_raw(x, what: str, first_only: bool) -> tuple[np.ndarray, str, bool]:
+    """-> (uint8 frames (T,H,W,3), key, is_sequence). Sequences (videos, folders) get video-averaged alignment."""
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        if path.is_dir():
+            return read_frame_folder(path), f"dir:{path.resolve()}", True
+        if not path.exists():
+            raise PipelineError(f"{what}: {path} does not exist (expected an image, a video or a folder of frames)")
+        if _is_video(path):
+            from pdfgc.data.video import read_frames
+
+            try:
+                # a source needs only its first frame: decode just that one (no resampling to 25 fps needed)
+                frames, _ = read_frames(path, fps=None, max_frames=1) if first_only else read_frames(path, fps=FPS)
+            except MediaError as e:
+                raise PipelineError(f"{what}: {e}") from e
+            return frames, f"video:{path.resolve()}", True
+        return read_image(path)[None], f"image:{path.resolve()}", False
+    arr = _as_uint8_frames(x, what)
+    return arr, f"array:{id(x)}", arr.shape[0] > 1
+
+
+def _align(frames: np.ndarray, what: str, sequence: bool, landmarks: str, landmark_weights) -> np.ndarray:
+    """Align raw frames to 224x224 PC-AVS crops through pdfgc.data.align (video-average for sequences)."""
+    from pdfgc.pipeline import _align_adapter
+
+    return _align_adapter.align(frames, sequence=sequence, backend=landmarks, weights=landmark_weights, name=what)
+
+
+def _resize_to_canvas(frames: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE):
+        return frames
+    return np.stack([cv2.resize(f, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def prepare_frames(frames: np.ndarray, what: str, sequence: bool, aligned="auto", landmarks: str = "dlib",
+                   landmark_weights=None) -> np.ndarray:
+    """Raw uint8 frames `(T,H,W,3)` -> aligned uint8 `(T,224,224,3)` following the `aligned` rule (module doc)."""
+    mode = _parse_aligned(aligned)
+    if mode == "true" or (mode == "auto" and frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE)):
+        # already an aligned crop (auto: 224x224 inputs are taken as PC-AVS crops, like the reference's examples)
+        return _resize_to_canvas(frames)
+    return _align(frames, what, sequence, landmarks, landmark_weights)
+
+
+def load_source(source, aligned="auto", landmarks: str = "dlib", landmark_weights=None) -> np.ndarray:
+    """The appearance image as an aligned uint8 crop `(224, 224, 3)`; a video contributes its first frame, an
+    array of frames its first frame. Raw photos are aligned per image (exactly one face required)."""
+    frames, _, _ = _read_raw(source, "source", first_only=True)
+    return prepare_frames(frames[:1], _label("source", source), False, aligned, landmarks, landmark_weights)[0]
+
+
+def load_driver(driver, what: str, aligned="auto", landmarks: str = "dlib", landmark_weights=None,
+                cache: dict | None = None) -> Driver:
+    """A driver (pose, exp or eye) as aligned uint8 crops `(L, 224, 224, 3)`; see the module doc for the forms.
+
+    `cache` (key -> Driver) lets the same file, given for several controls, be read, aligned and later encoded once.
+    """
+    frames, key, sequence = _read_raw(driver, what, first_only=False)
+    if cache is not None and key in cache:
+        return cache[key]
+    out = Driver(prepare_frames(frames, _label(what, driver), sequence, aligned, landmarks, landmark_weights), key,
+                 what)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def load_audio(audio) -> np.ndarray:
+    """Audio as mono float32 samples at 16 kHz (the original signal, before any normalisation).
+
+    A path is decoded by `pdfgc.data.audio.load_audio` (soundfile, else PyAV: wav, flac, mp3, m4a, mp4 ...); an
+    array is taken as 16 kHz samples ((L,), or (L,C)/(C,L) channels averaged).
+    """
+    from pdfgc.data import audio as A
+
+    try:
+        if isinstance(audio, (str, os.PathLike)):
+            wav = A.load_audio(audio, SAMPLE_RATE)
+            name = str(audio)
+        else:
+            wav = A.to_mono(np.asarray(audio, dtype=np.float32))
+            name = "audio array"
+    except A.AudioError as e:
+        raise PipelineError(f"audio: {e}") from e
+    if wav.size == 0:
+        raise PipelineError(f"audio: {name} holds no samples; give a speech recording")
+    if not np.all(np.isfinite(wav)):
+        raise PipelineError(f"audio: {name} holds NaN/inf samples")
+    return np.asarray(wav, dtype=np.float32)
+
+
+def check_output_path(out) -> Path:
+    """Validate the output file path BEFORE the expensive work: its folder must exist and be writable."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise PipelineError(f"out: folder {parent} does not exist; create it first (mkdir -p {parent}) "
+                            "or choose another output path")
+    if not os.access(parent, os.W_OK):
+        raise PipelineError(f"out: folder {parent} is not writable")
+    if out.is_dir():
+        raise PipelineError(f"out: {out} is a folder; give a file name such as {out / 'result.mp4'}")
+    if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise PipelineError(f"out: {out} should end in .mp4 (H.264 + AAC)")
+    return out

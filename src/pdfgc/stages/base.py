@@ -1,0 +1,558 @@
+"""Shared machinery of every training stage: `StageModule` (one optimiser, e.g. lip/pose/eye) and `GANStage`
+(generator + discriminator, e.g. motion/emo).
+
+What lives here, written once:
+  * networks built by name from the model config (`_target_` + kwargs), held in `self.nets` (a ModuleDict);
+  * per-stage trainable/frozen declaration (`TRAINABLE`): frozen parts get `requires_grad=False` and stay in eval
+    mode even when Lightning calls `.train()` (so frozen BatchNorm statistics never move);
+  * `init_from` a previous stage's checkpoint, component by component, with components that this stage does not
+    build carried forward in its own checkpoints (so `motion -> lip -> pose -> eye -> emo` is a simple chain);
+  * manual optimisation with our own `iteration` counter (saved in checkpoints). Lightning's `global_step` counts
+    optimizer steps: one per iteration for `StageModule`; for `GANStage` two (G then D) plus one per lazy-R1
+    iteration (`optimizer_steps(iterations)` gives the exact number; tests pin it);
+  * a private RNG stream for the training step (dropout, noise injection): data loading and prefetching cannot shift
+    it, and it is saved in checkpoints, so a resumed run draws exactly the numbers the uninterrupted run drew;
+  * gradient clipping, optional StepLR, EMA generator (`pdfgc.stages.ema`), loss logging, sample media.
+
+A stage subclass declares `STAGE`, `COMPONENTS`, `TRAINABLE`, and implements `compute_losses` (and for GANs
+`generate`); loss weights come from `stage.loss.weights` and a weight of 0 skips the term's computation.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+try:  # the package ships `pytorch_lightning`; `lightning` is accepted as well
+    import pytorch_lightning as pl
+except ImportError:  # pragma: no cover
+    import lightning.pytorch as pl
+
+from pdfgc.stages.ema import EMA
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "pdfgc"  # our extra entry in Lightning checkpoints
+
+
+def instantiate_component(model_cfg: Mapping, name: str) -> nn.Module:
+    """Build network `name` ("appearance", "motion", "audio", "generator", "generator0", "discriminator") from the
+    model config (a `_target_` + constructor kwargs per component, configs/model/*.yaml)."""
+    from hydra.utils import instantiate
+
+    if name not in model_cfg:
+        raise KeyError(f"model config has no component '{name}' (has {sorted(k for k in model_cfg)}); "
+                       f"see configs/model/tiny.yaml for the expected layout")
+    return instantiate(dict(model_cfg[name]), _convert_="all")
+
+
+def components_from_checkpoint(ckpt: Mapping) -> dict[str, dict[str, torch.Tensor]]:
+    """All networks stored in a stage checkpoint, by component name -> state_dict.
+
+    Built components come from Lightning's `state_dict` (prefix `nets.<name>.`), the EMA generator appears as
+    `<generator>_ema`, and components carried through from earlier stages come from `ckpt['pdfgc']['carried']`.
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    meta = ckpt.get(CHECKPOINT_KEY, {})
+    for name, sd in meta.get("carried", {}).items():
+        out[name] = dict(sd)
+    for key, value in ckpt.get("state_dict", {}).items():
+        if key.startswith("nets."):
+            comp, rest = key[len("nets."):].split(".", 1)
+            out.setdefault(comp, {})[rest] = value
+        elif key.startswith("ema.shadow."):
+            gen = meta.get("ema_of", "generator")
+            out.setdefault(f"{gen}_ema", {})[key[len("ema.shadow."):]] = value
+    return out
+
+
+def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Initialise `target` from a state_dict of a related architecture: equal shapes are copied; tensors with the
+    same rank whose shapes differ get their leading overlapping block copied (e.g. the f_app columns of a
+    modulation weight (C, app+512) -> (C, app+542): the leading columns are f_app in both layouts); the rest keep
+    their init. Returns {"copied": [...], "partial": [...], "skipped": [...]} key lists."""
+    report: dict[str, list[str]] = {"copied": [], "partial": [], "skipped": []}
+    own = target.state_dict()
+    with torch.no_grad():
+        for key, dst in own.items():
+            src = source_sd.get(key)
+            if src is None or src.ndim != dst.ndim:
+                report["skipped"].append(key)
+                continue
+            if src.shape == dst.shape:
+                dst.copy_(src)
+                report["copied"].append(key)
+            else:
+                region = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, dst.shape))
+                dst[region].copy_(src[region])
+                report["partial"].append(key)
+    return report
+
+
+def _lookup(cfg: Mapping | None, path: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if node is None or not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return default if node is None else node
+
+
+class StageModule(pl.LightningModule):
+    """Base of every stage (manual optimisation, one optimiser over the trainable parameters).
+
+    Args:
+        model: the model config (`cfg.model`, plain dict): `_target_` + kwargs per component.
+        stage: the stage config (`cfg.stage`, plain dict; keys documented in configs/stage/*.yaml).
+        batch_size: per-process batch size (for the EMA images-seen bookkeeping).
+        seed: seed of the module's private RNG stream (offset by the process rank under DDP).
+        run_config: optional resolved run config stored in the checkpoint hyper-parameters (for export).
+    """
+
+    STAGE: str = ""
+    COMPONENTS: tuple[str, ...] = ()
+    # component -> None (whole component trainable) or tuple of child-module names trainable; absent = frozen
+    TRAINABLE: dict[str, tuple[str, ...] | None] = {}
+    # loss-term names this stage knows (weights in stage.loss.weights; unknown names are an error)
+    LOSS_TERMS: tuple[str, ...] = ()
+
+    def __init__(self, model: Mapping, stage: Mapping, batch_size: int = 1, seed: int = 0,
+                 run_config: Mapping | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["run_config"])
+        self.automatic_optimization = False
+        self.model_cfg = dict(model)
+        self.stage_cfg = dict(stage)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.run_config = dict(run_config) if run_config else None
+        self.weights = self._loss_weights()
+        trainable = self.stage_cfg.get("trainable")
+        if trainable:  # config override of the class's declaration: {component: "all" | [children] | []}
+            self.TRAINABLE = {k: (None if v in (None, "all") else tuple(v)) for k, v in dict(trainable).items()}
+        self.nets = nn.ModuleDict({name: instantiate_component(self.model_cfg, name) for name in self.COMPONENTS})
+        self.carried: dict[str, dict[str, torch.Tensor]] = {}
+        self.iteration = 0
+        self.images_seen = 0
+        self._rng_cpu: torch.Tensor | None = None
+        self._rng_cuda: torch.Tensor | None = None
+        self._apply_trainable()
+        init_from = self.stage_cfg.get("init_from")
+        if init_from:
+            self.init_from(init_from)
+
+    # ------------------------------------------------------------------ configuration helpers
+    def _loss_weights(self) -> dict[str, float]:
+        weights = dict(_lookup(self.stage_cfg, "loss.weights", {}))
+        unknown = sorted(set(weights) - set(self.LOSS_TERMS))
+        if unknown:
+            raise KeyError(f"stage.loss.weights ({self.STAGE}): unknown term(s) {unknown}; this stage knows "
+                           f"{list(self.LOSS_TERMS)}")
+        return {k: float(weights.get(k, 0.0)) for k in self.LOSS_TERMS}
+
+    def on(self, term: str) -> bool:
+        """Whether loss term `term` has a non-zero weight (terms with weight 0 are not even computed)."""
+        return self.weights.get(term, 0.0) != 0.0
+
+    def cfg(self, path: str, default: Any = None) -> Any:
+        """Look up `stage.<path>` (dotted) with a default."""
+        return _lookup(self.stage_cfg, path, default)
+
+    # ------------------------------------------------------------------ freezing
+    def trainable_modules(self) -> list[nn.Module]:
+        mods = []
+        for comp, children in self.TRAINABLE.items():
+            if comp not in self.nets:
+                continue
+            net = self.nets[comp]
+            if children is None:
+                mods.append(net)
+            else:
+                for c in children:
+                    if not hasattr(net, c):
+                        raise AttributeError(f"{type(self).__name__}.TRAINABLE: component '{comp}' "
+                                             f"({type(net).__name__}) has no child '{c}'")
+                    mods.append(getattr(net, c))
+        return mods
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Maximal sub-modules that are entirely frozen (eval mode, no gradients)."""
+        out = []
+        for comp, net in self.nets.items():
+            spec = self.TRAINABLE.get(comp, ())
+            if spec is None:
+                continue
+            if not spec:
+                out.append(net)
+            else:
+                out.extend(m for n, m in net.named_children() if n not in spec)
+        return out
+
+    def _apply_trainable(self) -> None:
+        self.nets.requires_grad_(False)
+        for m in self.trainable_modules():
+            m.requires_grad_(True)
+        for m in self.frozen_modules():
+            m.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # Frozen parts stay in eval: their BatchNorm statistics and dropout must not change.
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of everything except the discriminator (deduplicated, stable order)."""
+        seen, params = set(), []
+        disc = self.nets["discriminator"] if "discriminator" in self.nets else None
+        for m in self.trainable_modules():
+            if m is disc:
+                continue
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    # ------------------------------------------------------------------ init_from / carry
+    def init_from(self, path: str) -> dict[str, str]:
+        """Load components from a previous stage's checkpoint (or a `.ckpt` of this stage, weights only).
+
+        For each component this stage builds: take the same name from the checkpoint; else, for `generator`,
+        the stage-1 `generator0` (its EMA if present) with `copy_overlapping`. Components of the checkpoint that this
+        stage does not build are kept and written into this stage's checkpoints (carried forward).
+        Returns {component: how it was initialised}.
+        """
+        from pathlib import Path
+
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"stage.init_from={str(p)!r}: no such checkpoint. Point it at the last.ckpt of the "
+                                    f"previous stage (e.g. outputs/<run>/checkpoints/last.ckpt) or set it to null.")
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        comps = components_from_checkpoint(ckpt)
+        report = {}
+        for name, net in self.nets.items():
+            src = self._init_source(name, comps)
+            if src is None:
+                report[name] = "fresh init (not in checkpoint)"
+                continue
+            src_name, sd = src
+            if src_name == name or src_name == f"{name}_ema":
+                missing, unexpected = net.load_state_dict(sd, strict=False)
+                if missing or unexpected:
+                    raise KeyError(f"{p}: component '{src_name}' does not fit this stage's '{name}' "
+                                   f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}); "
+                                   f"was it trained with the same model config?")
+                report[name] = f"loaded from '{src_name}'"
+            else:
+                r = copy_overlapping(net, sd)
+                report[name] = (f"initialised from '{src_name}' ({len(r['copied'])} tensors copied, "
+                                f"{len(r['partial'])} partially, {len(r['skipped'])} kept)")
+        self.carried = {k: v for k, v in comps.items() if k not in self.nets and not k.endswith("_ema")}
+        # The EMA of a generator this stage does not train is carried too (export needs it).
+        for k, v in comps.items():
+            if k.endswith("_ema") and k[: -len("_ema")] not in self.nets:
+                self.carried[k] = v
+        for name, how in report.items():
+            log.info("init_from %s: %s %s", p.name, name, how)
+        self.init_report = report
+        return report
+
+    def _init_source(self, name: str, comps: Mapping) -> tuple[str, Mapping] | None:
+        # Prefer the EMA weights of a generator: they are the ones the previous stage would export.
+        for cand in (f"{name}_ema", name):
+            if cand in comps:
+                return cand, comps[cand]
+        if name == "generator":
+            for cand in ("generator0_ema", "generator0"):
+                if cand in comps:
+                    return cand, comps[cand]
+        return None
+
+    # ------------------------------------------------------------------ RNG stream of the training step
+    def _init_rng(self) -> None:
+        g = torch.Generator().manual_seed(self.seed * 1000003 + int(getattr(self, "global_rank", 0)))
+        self._rng_cpu = g.get_state()
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            with torch.random.fork_rng(devices=[self.device]):
+                torch.cuda.manual_seed(self.seed * 1000003 + 7 + int(self.global_rank))
+                self._rng_cuda = torch.cuda.get_rng_state(self.device)
+
+    @contextlib.contextmanager
+    def model_rng(self):
+        """Run the body on the module's private RNG stream (CPU and current CUDA device) and advance it."""
+        if self._rng_cpu is None:
+            self._init_rng()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._rng_cpu)
+            if devices and self._rng_cuda is not None:
+                torch.cuda.set_rng_state(self._rng_cuda, self.device)
+            yield
+            self._rng_cpu = torch.get_rng_state()
+            if devices:
+                self._rng_cuda = torch.cuda.get_rng_state(self.device)
+
+    # ------------------------------------------------------------------ optimisation
+    def _adam(self, params, key: str, lr_scale: float = 1.0, beta_power: float = 1.0):
+        lr = float(self.cfg(f"optim.{key}.lr", 1e-4)) * lr_scale
+        b1, b2 = (float(b) for b in self.cfg(f"optim.{key}.betas", (0.0, 0.99)))
+        wd = float(self.cfg(f"optim.{key}.weight_decay", 0.0))
+        return torch.optim.Adam(params, lr=lr, betas=(b1 ** beta_power, b2 ** beta_power), weight_decay=wd)
+
+    def _scheduler(self, opt):
+        sch = self.cfg("optim.scheduler")
+        if not sch:
+            return None
+        # StepLR counted in iterations (the reference default: step 80k, gamma 0.93); stepped manually.
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=int(sch["step_size"]), gamma=float(sch["gamma"]))
+
+    def configure_optimizers(self):
+        params = self.generator_parameters()
+        if not params:
+            raise RuntimeError(f"stage '{self.STAGE}' has no trainable parameters (TRAINABLE={self.TRAINABLE})")
+        opt = self._adam(params, "g")
+        sch = self._scheduler(opt)
+        return ([opt], [sch]) if sch else opt
+
+    @classmethod
+    def optimizer_steps(cls, iterations: int, stage_cfg: Mapping | None = None) -> int:
+        """Lightning optimizer steps (= trainer.global_step) after `iterations` iterations of this stage."""
+        return int(iterations)
+
+    def _step(self, opt, loss: torch.Tensor, params_owner: str = "g") -> None:
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = self.cfg("optim.clip_grad")
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
+        opt.step()
+
+    def _schedulers(self) -> list:
+        s = self.lr_schedulers()
+        if s is None:
+            return []
+        return s if isinstance(s, list) else [s]
+
+    # ------------------------------------------------------------------ the training step
+    def compute_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Unweighted loss terms of the enabled (non-zero weight) terms, by name. Implemented by each stage."""
+        raise NotImplementedError
+
+    def weighted_total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for k, v in terms.items():
+            w = self.weights.get(k, 0.0)
+            if w:
+                total = v * w if total is None else total + v * w
+        if total is None:
+            raise RuntimeError(f"stage '{self.STAGE}': every loss weight is 0 ({self.weights}); nothing to train")
+        return total
+
+    def iteration_step(self, batch) -> dict[str, torch.Tensor]:
+        opt = self.optimizers()
+        terms = self.compute_losses(batch)
+        total = self.weighted_total(terms)
+        self._step(opt, total)
+        return {**terms, "total": total.detach()}
+
+    def batch_images(self, batch) -> int:
+        return self.batch_size * max(1, int(getattr(self.trainer, "world_size", 1) or 1))
+
+    def training_step(self, batch, batch_idx):
+        with self.model_rng():
+            logs = self.iteration_step(batch)
+        for sch in self._schedulers():
+            sch.step()
+        self.iteration += 1
+        self.images_seen += self.batch_images(batch)
+        self._log_step(logs)
+        self._maybe_log_media(batch)
+        return None
+
+    def _log_step(self, logs: Mapping[str, torch.Tensor]) -> None:
+        values = {f"loss/{k}": v.detach().float() for k, v in logs.items() if torch.is_tensor(v)}
+        values["iteration"] = float(self.iteration)
+        for i, opt in enumerate(self._optimizers_list()):
+            values[f"lr/{self._optimizer_names()[i]}"] = float(opt.param_groups[0]["lr"])
+        self.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, batch_size=self.batch_size,
+                      sync_dist=False)
+        if "total" in logs:
+            self.log("total", logs["total"].detach().float(), prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=self.batch_size)
+
+    def _optimizers_list(self) -> list:
+        o = self.optimizers()
+        return o if isinstance(o, list) else [o]
+
+    def _optimizer_names(self) -> list[str]:
+        return ["g"]
+
+    # ------------------------------------------------------------------ media
+    def sample_media(self, batch) -> dict[str, Any]:
+        """Images (3,H,W) in [-1,1] and videos (T,3,H,W) to log, by name. Stages without images return {}."""
+        return {}
+
+    def _maybe_log_media(self, batch) -> None:
+        every = int(self.cfg("log.sample_every", 0) or 0)
+        max_it = int(self.cfg("iterations", 0) or 0)
+        if every <= 0 or self.trainer is None or self.global_rank != 0:
+            return
+        if self.iteration % every != 0 and self.iteration != max_it:
+            return
+        from pdfgc.stages.media import log_media
+
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), self.model_rng():
+                media = self.sample_media(batch)
+        finally:
+            self.train(was_training)
+        if media:
+            log_media(self.loggers, media, self.iteration, stage=self.STAGE)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._rng_cpu is None:
+            self._init_rng()
+        checkpoint[CHECKPOINT_KEY] = {
+            "stage": self.STAGE,
+            "iteration": self.iteration,
+            "images_seen": self.images_seen,
+            "rng_cpu": self._rng_cpu.clone(),
+            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
+            "carried": self.carried,
+            "ema_of": getattr(self, "EMA_OF", None),
+            "model": self.model_cfg,
+            "run_config": self.run_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise KeyError("checkpoint has no 'pdfgc' entry: it was not written by a pdfgc stage")
+        if meta.get("stage") != self.STAGE:
+            raise ValueError(f"ckpt_path belongs to stage '{meta.get('stage')}', but this run is stage "
+                             f"'{self.STAGE}'. To start a new stage from it use stage.init_from=<ckpt>; "
+                             f"ckpt_path is for resuming the same stage.")
+        self.iteration = int(meta["iteration"])
+        self.images_seen = int(meta["images_seen"])
+        self._rng_cpu = meta["rng_cpu"]
+        self._rng_cuda = meta.get("rng_cuda")
+        self.carried = dict(meta.get("carried", {}))
+
+
+class GANStage(StageModule):
+    """A stage with a generator `GENERATOR` (a component name), the `discriminator`, an EMA of the generator and
+    G/D manual optimisation. Per iteration:
+
+      1. `generate(batch)` runs G ONCE -> dict with `fake` (B,3,S,S) and `real` (B,3,S,S) (+ anything the losses
+         need);
+      2. D(real) once (its features, detached, are the feature-matching targets; its graph is reused by the D loss);
+      3. G step: D frozen, D(fake) with graph into G; adversarial + feature matching + stage terms;
+      4. D step on the same fake, detached (G is not re-run): hinge or logistic loss;
+      5. every `gan.r1_interval` iterations, if `gan.r1_gamma > 0`: a separate lazy-R1 D step with
+         `gamma/2 * interval * R1` and D's lr/betas rescaled by c = interval/(interval+1) (StyleGAN2);
+      6. EMA update of the generator (half-life in kimg, batch-size independent).
+    """
+
+    GENERATOR = "generator"
+    GAN_TERMS = ("gan", "fm")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.EMA_OF = self.GENERATOR
+        self.ema = EMA(self.nets[self.GENERATOR], half_life_kimg=float(self.cfg("ema.half_life_kimg", 10.0)),
+                       rampup=self.cfg("ema.rampup", 0.05))
+        if self.cfg("init_from"):
+            # A stage that starts from a trained generator starts its average there too.
+            self.ema.shadow.load_state_dict(self.nets[self.GENERATOR].state_dict())
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.nets[self.GENERATOR]
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return self.nets["discriminator"]
+
+    def _r1(self) -> tuple[float, int]:
+        gamma = float(self.cfg("gan.r1_gamma", 0.0) or 0.0)
+        interval = int(self.cfg("gan.r1_interval", 16) or 16)
+        return gamma, max(1, interval)
+
+    @classmethod
+    def optimizer_steps(cls, iterations: int, stage_cfg: Mapping | None = None) -> int:
+        gamma = float(_lookup(stage_cfg, "gan.r1_gamma", 0.0) or 0.0)
+        interval = max(1, int(_lookup(stage_cfg, "gan.r1_interval", 16) or 16))
+        r1_steps = math.ceil(iterations / interval) if gamma > 0 else 0  # iterations 0, interval, 2*interval, ...
+        return 2 * int(iterations) + r1_steps
+
+    def configure_optimizers(self):
+        g_opt = self._adam(self.generator_parameters(), "g")
+        gamma, interval = self._r1()
+        c = interval / (interval + 1) if gamma > 0 else 1.0
+        d_opt = self._adam([p for p in self.discriminator.parameters() if p.requires_grad], "d",
+                           lr_scale=c, beta_power=c)
+        opts = [g_opt, d_opt]
+        schs = [s for s in (self._scheduler(g_opt), self._scheduler(d_opt)) if s is not None]
+        return (opts, schs) if schs else opts
+
+    def _optimizer_names(self) -> list[str]:
+        return ["g", "d"]
+
+    def generate(self, batch) -> dict[str, torch.Tensor]:
+        """Run the generator once: returns at least {'fake': (B,3,S,S), 'real': (B,3,S,S)}."""
+        raise NotImplementedError
+
+    def compute_losses(self, batch, out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Stage-specific generator terms (not gan/fm), given `out = generate(batch)`."""
+        raise NotImplementedError
+
+    def iteration_step(self, batch) -> dict[str, torch.Tensor]:
+        from pdfgc.losses.gan import d_loss, feature_matching_loss, g_loss, r1_penalty
+
+        g_opt, d_opt = self.optimizers()
+        kind = str(self.cfg("gan.loss", "hinge"))
+        out = self.generate(batch)
+        fake, real = out["fake"], out["real"]
+        need_d_for_g = self.on("gan") or self.on("fm")
+        real_out = self.discriminator(real)
+
+        # --- G step (D's parameters do not need gradients here) ---
+        self.discriminator.requires_grad_(False)
+        terms = dict(self.compute_losses(batch, out))
+        if need_d_for_g:
+            fake_out = self.discriminator(fake)
+            if self.on("gan"):
+                terms["gan"] = g_loss(fake_out, kind)
+            if self.on("fm"):
+                terms["fm"] = feature_matching_loss(real_out, fake_out,
+                                                    float(self.cfg("gan.fm_first_layer_weight", 1.0)))
+        self.discriminator.requires_grad_(True)
+        total = self.weighted_total(terms)
+        self._step(g_opt, total)
+
+        # --- D step on the same (detached) fake ---
+        logs = {**{k: v.detach() for k, v in terms.items()}, "total": total.detach()}
+        ld = d_loss(real_out, self.discriminator(fake.detach()), kind)
+        self._step(d_opt, ld)
+        logs["d"] = ld.detach()
+        gamma, interval = self._r1()
+        if gamma > 0 and self.iteration % interval == 0:
+            real_r = real.detach().requires_grad_(True)
+            r1 = r1_penalty(self.discriminator(real_r), real_r)
+            self._step(d_opt, r1 * (gamma / 2 * interval))
+            logs["r1"] = r1.detach()
+        # --- EMA ---
+        bimg = self.batch_images(batch)
+        beta = self.ema.update(self.generator, bimg, self.images_seen + bimg)
+        logs["ema_beta"] = torch.tensor(beta)
+        return logs

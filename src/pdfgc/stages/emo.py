@@ -1,0 +1,118 @@
+"""Stage 3 (emo): expression disentanglement + final generator (SPEC 4.1).
+
+Per sample: K consecutive frames of a clip, their mel windows, and an appearance frame. The emotion code of every
+frame is averaged over the K frames (f_exp_bar: lip motion changes within 0.2-0.4 s, expression does not), the
+centre frame supplies pose and eye codes (frozen heads) and is the reconstruction target, the lips come from the
+(frozen) audio encoder. G(style = [f_app | lip_audio | f_exp_bar | eye | pose], f_sp) reconstructs the centre frame.
+Terms: GAN + feature matching + VGG + L1 (self-reconstruction); decor = squared cross-correlation between the
+per-frame emotion codes and the audio features, estimated over the batch plus FIFO memory banks; sync = the lip code
+that the frozen visual lip head reads from the generated frame must match the audio lip code (lip-sync consistency).
+Trainable: emotion head (to_emo, emo_embed), generator G (initialised from G0 where shapes allow), discriminator.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pdfgc.losses.consistency import lip_sync_consistency
+from pdfgc.losses.decorrelation import MemoryBank, cross_correlation_loss
+from pdfgc.models.latent import assemble_style
+from pdfgc.stages.base import GANStage
+from pdfgc.stages.common import PerceptualHolder
+
+
+class EmoStage(GANStage):
+    STAGE = "emo"
+    COMPONENTS = ("appearance", "motion", "audio", "generator", "discriminator")
+    TRAINABLE = {"motion": ("to_emo", "emo_embed"), "generator": None, "discriminator": None}
+    GENERATOR = "generator"
+    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "decor", "sync")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.perceptual = PerceptualHolder(self.cfg("loss.perceptual"))
+        emo_dim = int(self.model_cfg["motion"].get("emo_dim", 30))
+        with_ = str(self.cfg("loss.decor_with", "audio"))
+        aud_dim = int(self.model_cfg["audio"].get("embed_dim" if with_ == "audio" else "lip_dim", 512))
+        size = int(self.cfg("loss.bank_size", 1024))
+        self.bank_emo = MemoryBank(emo_dim, size)
+        self.bank_aud = MemoryBank(aud_dim, size)
+
+    def codes(self, batch):
+        """All conditioning codes of a batch; frozen encoders run without a graph."""
+        frames, mel = batch["frames"], batch["mel"]
+        b, k = frames.shape[:2]
+        c = k // 2
+        with torch.no_grad():
+            f_app, f_sp = self.nets["appearance"](batch["app"])
+            f_aud, lip_a = self.nets["audio"](mel.flatten(0, 1))
+        motion = self.nets["motion"]
+        f = motion.model(frames.flatten(0, 1))  # frozen trunk: no graph (its params do not require grad)
+        emo = motion.emo_embed(motion.to_emo(f))  # (B*K, emo) trainable head
+        with torch.no_grad():
+            fc = f.view(b, k, -1)[:, c]
+            pose = motion.headpose_embed(motion.to_headpose(fc))
+            eye = motion.eye_embed(motion.to_eye(fc))
+        return dict(b=b, k=k, c=c, f_app=f_app, f_sp=f_sp, f_aud=f_aud, lip_a=lip_a.view(b, k, -1), emo=emo,
+                    emo_bar=emo.view(b, k, -1).mean(1), pose=pose, eye=eye)
+
+    def generate(self, batch, generator=None):
+        z = self.codes(batch)
+        g = generator if generator is not None else self.generator
+        style = assemble_style(z["f_app"], z["lip_a"][:, z["c"]], z["emo_bar"], z["eye"], z["pose"])
+        fake = g(style, z["f_sp"], noise_mode=self.cfg("noise_mode", "random"))
+        return {"fake": fake, "real": batch["frames"][:, z["c"]], **z}
+
+    def compute_losses(self, batch, out=None):
+        fake, real = out["fake"], out["real"]
+        terms = {}
+        if self.on("l1"):
+            terms["l1"] = F.l1_loss(fake, real)
+        if self.on("vgg"):
+            terms["vgg"] = self.perceptual(fake, real)
+        if self.on("decor"):
+            other = out["f_aud"] if str(self.cfg("loss.decor_with", "audio")) == "audio" else out["lip_a"].flatten(0, 1)
+            x = self.bank_emo.with_bank(out["emo"])
+            y = self.bank_aud.with_bank(other.detach())
+            terms["decor"] = cross_correlation_loss(x, y)
+            self.bank_emo.push(out["emo"])
+            self.bank_aud.push(other)
+        if self.on("sync"):
+            vis_lip = self.nets["motion"].encode(fake, heads=("lip",))["lip"]
+            terms["sync"] = lip_sync_consistency(vis_lip, out["lip_a"][:, out["c"]],
+                                                 str(self.cfg("loss.sync_kind", "cosine")))
+        return terms
+
+    @torch.no_grad()
+    def sample_media(self, batch):
+        from pdfgc.stages.media import image_grid, swap_grid
+
+        n = min(int(self.cfg("log.num_samples", 4)), batch["app"].shape[0])
+        sub = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] >= n}
+        z = self.codes(sub)
+        g = self.ema.shadow
+        c = z["c"]
+        lip = z["lip_a"][:, c]
+
+        def render(f_app, f_sp, lip_, emo_, eye_, pose_):
+            return g(assemble_style(f_app, lip_, emo_, eye_, pose_), f_sp, noise_mode="const")
+
+        real = sub["frames"][:, c]
+        fake = render(z["f_app"], z["f_sp"], lip, z["emo_bar"], z["eye"], z["pose"])
+        media = {"recon": image_grid([sub["app"], real, fake])}
+        for factor in ("emo", "pose"):
+            cells = []
+            for i in range(n):
+                emo_ = z["emo_bar"][i:i + 1].expand(n, -1) if factor == "emo" else z["emo_bar"]
+                pose_ = z["pose"][i:i + 1].expand(n, -1) if factor == "pose" else z["pose"]
+                cells.append(render(z["f_app"], z["f_sp"], lip, emo_, z["eye"], pose_))
+            media[f"swap_{factor}"] = swap_grid(real, sub["app"], torch.stack(cells))
+        # short video of sample 0: every frame of the window rendered with its own pose/eye/lip, real | fake
+        motion = self.nets["motion"]
+        frames0 = sub["frames"][0]
+        enc = motion.encode(frames0, heads=("pose", "eye"))
+        k = frames0.shape[0]
+        vid = render(z["f_app"][:1].expand(k, -1), z["f_sp"][:1].expand(k, -1, -1, -1), z["lip_a"][0],
+                     z["emo_bar"][:1].expand(k, -1), enc["eye"], enc["pose"])
+        media["video"] = torch.cat([frames0, vid], dim=-1)
+        return media

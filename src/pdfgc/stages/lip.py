@@ -1,0 +1,76 @@
+"""Stage 2a (lip): audio / visual lip feature alignment by bidirectional InfoNCE (SPEC 4.1, 4.3).
+
+Batch: N frames of one clip at distinct offsets and their synchronised mel windows, for B clips. Row i of the
+flattened (B*N) audio and visual features is a positive pair; negatives are the other offsets of the same clip and
+(with `negatives: all`) the other clips. Terms:
+  nce      L_a2v + L_v2a on the 512-d features (audio f_aud vs visual to_mouth(f_mot));
+  nce_lip  the same on the 500-d lip codes (audio lip head vs visual mouth_embed), so the code that drives the
+           generator at inference (audio) and the one read from images (visual, used by the emo stage's lip-sync
+           consistency) live in one space;
+  mse      MSE(audio lip code, visual lip code detached) (the reference's lambda_crossmodal term).
+The motion trunk is frozen (eval); the audio encoder and the visual lip head (to_mouth, mouth_embed) train.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pdfgc.losses.contrastive import bidirectional_info_nce, pairwise_similarity
+from pdfgc.stages.base import StageModule
+
+
+def clip_mask(batch_size: int, num_offsets: int, negatives: str, device=None) -> torch.Tensor | None:
+    """Negatives mask for B clips x N offsets (rows flattened clip-major): None for "all"; block-diagonal (same clip
+    only) for "same_clip"."""
+    if negatives == "all":
+        return None
+    if negatives != "same_clip":
+        raise ValueError(f"stage.loss.negatives: expected 'all' or 'same_clip', got {negatives!r}")
+    ids = torch.arange(batch_size, device=device).repeat_interleave(num_offsets)
+    return ids[:, None] == ids[None, :]
+
+
+class LipStage(StageModule):
+    STAGE = "lip"
+    COMPONENTS = ("motion", "audio")
+    TRAINABLE = {"motion": ("to_mouth", "mouth_embed"), "audio": None}
+    LOSS_TERMS = ("nce", "nce_lip", "mse")
+
+    def features(self, batch):
+        frames, mel = batch["frames"], batch["mel"]
+        b, n = frames.shape[:2]
+        vis = self.nets["motion"].encode(frames.flatten(0, 1), heads=("lip",))
+        f_aud, lip_a = self.nets["audio"](mel.flatten(0, 1))
+        if f_aud.shape[1] != vis["mouth_feat"].shape[1]:
+            raise ValueError(f"lip stage: audio embed_dim {f_aud.shape[1]} != motion feature_dim "
+                             f"{vis['mouth_feat'].shape[1]}; set model.audio.embed_dim = model.motion.feature_dim")
+        return b, n, f_aud, lip_a, vis["mouth_feat"], vis["lip"]
+
+    def compute_losses(self, batch):
+        b, n, f_aud, lip_a, f_vis, lip_v = self.features(batch)
+        t = float(self.cfg("loss.temperature", 0.07))
+        sim = str(self.cfg("loss.similarity", "cosine"))
+        mask = clip_mask(b, n, str(self.cfg("loss.negatives", "all")), f_aud.device)
+        detach = bool(self.cfg("loss.detach_other", True))
+        terms = {}
+        if self.on("nce"):
+            d = bidirectional_info_nce(f_aud, f_vis, t, sim, detach, mask)
+            terms["nce"] = d["a2v"] + d["v2a"]
+            terms["nce_a2v"], terms["nce_v2a"] = d["a2v"].detach(), d["v2a"].detach()
+        if self.on("nce_lip"):
+            d = bidirectional_info_nce(lip_a, lip_v, t, sim, detach, mask)
+            terms["nce_lip"] = d["a2v"] + d["v2a"]
+        if self.on("mse"):
+            terms["mse"] = F.mse_loss(lip_a, lip_v.detach())
+        with torch.no_grad():  # retrieval accuracy: does audio i pick its own frame among all B*N?
+            s = pairwise_similarity(f_aud, f_vis, sim)
+            terms["acc_a2v"] = (s.argmax(1) == torch.arange(len(s), device=s.device)).float().mean()
+        return terms
+
+    @torch.no_grad()
+    def sample_media(self, batch):
+        _, _, f_aud, _, f_vis, _ = self.features(batch)
+        s = pairwise_similarity(f_aud, f_vis, str(self.cfg("loss.similarity", "cosine")))
+        s = (s - s.min()) / (s.max() - s.min() + 1e-8) * 2 - 1
+        img = F.interpolate(s[None, None], scale_factor=4, mode="nearest")[0].expand(3, -1, -1)
+        return {"av_similarity": img}

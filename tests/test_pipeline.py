@@ -1,0 +1,207 @@
+"""Pipeline.generate semantics with spy networks whose outputs are known functions of their inputs, so every slot of
+the style vector fed to the generator can be predicted by hand (SPEC 1.5-1.8)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pdfgc.constants import APP_DIM, EMO_DIM, EYE_DIM, LIP_DIM, POSE_DIM, STYLE_DIM
+from pdfgc.pipeline import Pipeline, PipelineError
+
+S = 16
+SIDE = math.exp(-0.5) / (1 + 2 * math.exp(-0.5))
+CENTRE = 1 / (1 + 2 * math.exp(-0.5))
+LIP0, EMO0 = APP_DIM, APP_DIM + LIP_DIM
+EYE0 = EMO0 + EMO_DIM
+POSE0 = EYE0 + EYE_DIM
+RAMP6 = torch.arange(1.0, 7.0)
+
+
+class SpyAppearance(nn.Module):
+    def forward(self, x):
+        return torch.arange(APP_DIM, dtype=torch.float32)[None] / APP_DIM, torch.zeros(x.shape[0], 8, 7, 7)
+
+
+class SpyMotion(nn.Module):
+    """pose = v*(1..6), eye = -v*(1..6), emo = 2v, where v is the mean pixel value of the driver frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        v = x.mean(dim=(1, 2, 3))
+        self.seen.extend(v.tolist())
+        return v[:, None] * RAMP6, -v[:, None] * RAMP6, 2 * v[:, None].expand(-1, EMO_DIM), torch.zeros(len(v), 512)
+
+
+class SpyAudio(nn.Module):
+    """lip = mean of the mel window (every dim)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, mel):
+        self.calls += 1
+        v = mel.mean(dim=(1, 2, 3))
+        return torch.zeros(len(v), 512), v[:, None].expand(-1, LIP_DIM)
+
+
+class SpyGenerator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.styles = []
+        self.batches = []
+
+    def forward(self, style, spatial, noise_mode="cached", rng=None):
+        assert style.shape[1] == STYLE_DIM and spatial.shape[0] == style.shape[0]
+        self.styles.append(style.clone())
+        self.batches.append(style.shape[0])
+        return torch.tanh(style[:, LIP0:LIP0 + 3, None, None].expand(-1, 3, S, S))
+
+
+class SpyModels(nn.Module):
+    image_size = S
+
+    def __init__(self):
+        super().__init__()
+        self.appearance, self.motion, self.audio, self.generator = SpyAppearance(), SpyMotion(), SpyAudio(), \
+            SpyGenerator()
+
+
+def driver(values):
+    """(L,3,S,S) frames filled with the given values (frame k has mean values[k])."""
+    return torch.tensor(values, dtype=torch.float32)[:, None, None, None].expand(-1, 3, S, S).clone()
+
+
+def mel(n):
+    """n windows; window i has value (i+1)/100."""
+    return (torch.arange(1, n + 1, dtype=torch.float32) / 100)[:, None, None, None].expand(-1, 1, 80, 20).clone()
+
+
+def run(controls, n=7, pose=None, exp=None, eye=None, batch_size=8):
+    models = SpyModels()
+    pipe = Pipeline(models, batch_size=batch_size)
+    out = pipe.generate(torch.zeros(1, 3, S, S), mel(n), pose=pose, exp=exp, eye=eye, controls=controls)
+    assert out.shape == (n, 3, S, S)
+    return torch.cat(models.generator.styles), models
+
+
+def naive_pose_smooth(seq):
+    n = len(seq)
+    out = []
+    for i in range(n):
+        lo, hi = max(0, i - 1), min(n - 1, i + 1)
+        window = seq[lo:hi + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def naive_lip_smooth(seq):
+    pad = [0.0] + list(seq) + [0.0]
+    return [SIDE * pad[i] + CENTRE * pad[i + 1] + SIDE * pad[i + 2] for i in range(len(seq))]
+
+
+def test_all_controls_style_slots_by_hand():
+    n = 7
+    pose_vals = [0.9, 0.8, 0.1, 0.2, 0.3]  # first two dropped -> 0.1, 0.2, 0.3 looped
+    exp_vals = [0.5, 0.5, -0.4, 0.6]  # -> -0.4, 0.6 looped
+    eye_vals = [0.0, 0.0, 0.7]  # -> 0.7 held
+    style, models = run(["all"], n, driver(pose_vals), driver(exp_vals), driver(eye_vals))
+    assert style.shape == (n, STYLE_DIM)
+    # appearance slot: f_app broadcast
+    assert torch.allclose(style[:, :APP_DIM], torch.arange(APP_DIM, dtype=torch.float32)[None] / APP_DIM)
+    # lip: 1.5 x audio lip, Gaussian over time with zero padding
+    lip_raw = [1.5 * (i + 1) / 100 for i in range(n)]
+    assert style[:, LIP0].tolist() == pytest.approx(naive_lip_smooth(lip_raw), abs=1e-6)
+    assert torch.equal(style[:, LIP0:EMO0], style[:, LIP0:LIP0 + 1].expand(-1, LIP_DIM))
+    # pose: frame i uses driver frame 2 + (i mod 3), 3-tap average with the edge rule
+    seq = [pose_vals[2 + i % 3] for i in range(n)]
+    assert style[:, POSE0].tolist() == pytest.approx(naive_pose_smooth(seq), abs=1e-6)
+    assert torch.allclose(style[:, POSE0:], style[:, POSE0:POSE0 + 1] * RAMP6, atol=1e-6)
+    # emo: 1.2 x (2 v), no smoothing; eye: 1.2 x (-v * (1..6)), no smoothing
+    emo_seq = [1.2 * 2 * exp_vals[2 + i % 2] for i in range(n)]
+    assert style[:, EMO0].tolist() == pytest.approx(emo_seq, abs=1e-6)
+    assert torch.allclose(style[:, EYE0:POSE0], torch.full((n, 1), -1.2 * 0.7) * RAMP6, atol=1e-6)
+
+
+def test_headpose_off_gives_zero_pose_and_skips_the_pose_driver():
+    style, models = run(["mouth", "blink", "gaze", "emo"], 5, None, driver([0, 0, 0.3, 0.4]), driver([0, 0, 0.5]))
+    assert not style[:, POSE0:].any()
+    assert style[:, EMO0:EYE0].abs().sum() > 0 and style[:, EYE0:POSE0].abs().sum() > 0
+    # only the exp (2 distinct used frames) and eye (1) frames were encoded
+    assert sorted(round(v, 5) for v in models.motion.seen) == [0.3, 0.4, 0.5]
+
+
+def test_blink_off_keeps_only_gaze_dims_and_gaze_off_only_blink_dims():
+    eye = driver([0, 0, 0.5])
+    style, _ = run(["gaze"], 3, eye=eye)
+    expect = -1.2 * 0.5 * RAMP6 * torch.tensor([0, 0, 1, 1, 0, 0.0])
+    assert torch.allclose(style[:, EYE0:POSE0], expect.expand(3, -1), atol=1e-6)
+    style, _ = run(["blink"], 3, eye=eye)
+    expect = -1.2 * 0.5 * RAMP6 * torch.tensor([1, 1, 0, 0, 1, 1.0])
+    assert torch.allclose(style[:, EYE0:POSE0], expect.expand(3, -1), atol=1e-6)
+
+
+def test_no_controls_is_the_canonical_face_and_runs_no_encoder():
+    style, models = run([], 4)
+    assert not style[:, APP_DIM:].any()
+    assert models.audio.calls == 0 and models.motion.seen == []
+
+
+def test_mouth_off_zero_lip_and_audio_net_not_run():
+    style, models = run(["headpose"], 4, pose=driver([0.1]))
+    assert not style[:, LIP0:EMO0].any() and models.audio.calls == 0
+    # 1-frame driver: held still -> smoothed constant = constant
+    assert style[:, POSE0].tolist() == pytest.approx([0.1] * 4)
+
+
+def test_short_driver_loops_across_batches_without_crash():
+    # 20 frames, batch 8, a 6-frame driver (4 after the drop): the reference would misalign or crash here
+    vals = [9, 9, 0.1, 0.2, 0.3, 0.4]
+    style, models = run(["headpose"], 20, pose=driver(vals), batch_size=8)
+    seq = [vals[2 + i % 4] for i in range(20)]
+    assert style[:, POSE0].tolist() == pytest.approx(naive_pose_smooth(seq), abs=1e-6)
+    assert models.generator.batches == [8, 8, 4]
+    # each distinct driver frame encoded exactly once
+    assert sorted(round(v, 5) for v in models.motion.seen) == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_same_driver_for_all_controls_is_encoded_once():
+    d = driver([0, 0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    style, models = run(["all"], 3, d, d, d)
+    # only the 3 frames that the 3 output frames use, once each (the reference encodes 3 images per frame)
+    assert sorted(round(v, 5) for v in models.motion.seen) == [0.1, 0.2, 0.3]
+
+
+def test_result_does_not_depend_on_batch_size():
+    d = driver([0.0, 0.1, 0.2, 0.3, 0.4])
+    s1, _ = run(["all"], 11, d, d, d, batch_size=1)
+    s8, m8 = run(["all"], 11, d, d, d, batch_size=8)
+    assert torch.allclose(s1, s8, atol=1e-6) and m8.generator.batches == [8, 3]
+
+
+def test_missing_driver_for_an_on_control_is_a_clear_error():
+    with pytest.raises(PipelineError, match="headpose control is on but no pose driver"):
+        run(["headpose"], 3)
+    with pytest.raises(PipelineError, match="eye"):
+        run(["blink"], 3)
+
+
+def test_bad_tensor_shapes_are_clear_errors():
+    pipe = Pipeline(SpyModels())
+    with pytest.raises(PipelineError, match=r"source: expected \(1,3,16,16\)"):
+        pipe.generate(torch.zeros(1, 3, 8, 8), mel(2), controls=[])
+    with pytest.raises(PipelineError, match=r"pose: expected a float tensor \(L,3,16,16\)"):
+        pipe.generate(torch.zeros(1, 3, S, S), mel(2), pose=torch.zeros(2, 3, 8, 8), controls=["headpose"])
+
+
+def test_identical_driver_frames_are_encoded_once():
+    # a static expression clip (the reference's exp examples repeat one frame 30 times) costs one encoding
+    exp = driver([0.9, 0.9] + [0.25] * 30)
+    style, models = run(["emo"], 12, exp=exp)
+    assert [round(v, 5) for v in models.motion.seen] == [0.25]
+    assert style[:, EMO0].tolist() == pytest.approx([1.2 * 2 * 0.25] * 12)
