@@ -65,12 +65,20 @@ def main(argv=None) -> int:
         bk = {"predictor_path": args.dlib_model, "upsample": args.upsample}
     else:
         bk = {"device": args.device, "weights_dir": args.fa_weights}
-    # build the backend once up front so a missing model is one clear error, not one failure per clip
-    from pdfgc.data.landmarks import LandmarkModelMissing, get_backend
+    # check the landmark model up front (cheap: no model is loaded) so a missing file is one clear error, not one
+    # failure per clip
+    from pdfgc.data import landmarks as L
 
     try:
-        get_backend(args.backend, **bk)
-    except (LandmarkModelMissing, ImportError) as e:
+        if args.backend == "dlib":
+            import dlib  # noqa: F401
+
+            L.find_dlib_predictor(args.dlib_model)
+        else:
+            import face_alignment  # noqa: F401
+
+            L.find_face_alignment_weights(args.fa_weights)
+    except (L.LandmarkModelMissing, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

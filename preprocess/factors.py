@@ -65,12 +65,13 @@ def matrix_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 
 def reference_distance(focal: float, width: int) -> float:
-    """Camera distance (mm) at which the model's eye centres are as far apart as the alignment template's, scaled to an
-    image of `width` px (the tz = 0 reference)."""
+    """Camera distance (mm, of the model origin) at which the frontal model's eye centres project as far apart as the
+    alignment template's, scaled to an image of `width` px: the tz = 0 reference."""
     eye_a = MODEL_POINTS[np.isin(PNP_INDICES, [36, 39])].mean(0)
     eye_b = MODEL_POINTS[np.isin(PNP_INDICES, [42, 45])].mean(0)
     tpl_px = (ALIGN_TEMPLATE[1][0] - ALIGN_TEMPLATE[0][0]) * width / IMAGE_SIZE
-    return focal * float(np.linalg.norm(eye_b - eye_a)) / tpl_px
+    # the eye centres lie eye_a[2] mm behind the origin: spacing_px = focal * spacing_mm / (Z + depth)
+    return focal * float(np.linalg.norm(eye_b - eye_a)) / tpl_px - float(eye_a[2])
 
 
 def camera_matrix(width: int, height: int) -> np.ndarray:

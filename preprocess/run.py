@@ -93,12 +93,8 @@ def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_di
         cv2.setNumThreads(1)
     except Exception:
         pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:
-        pass
+    if "torch" in sys.modules:  # only the face_alignment backend needs torch: do not import it for dlib
+        sys.modules["torch"].set_num_threads(1)
     _WORKER_ARGS.update(opts=opts, out_dir=out_dir, input_dir=input_dir)
     _BACKEND = _make_backend(opts, backend_kwargs)
 
@@ -169,12 +165,13 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _cleanup_temp(out)
+    part = out / store.MANIFEST_DIR / store.part_name(cfg.shard, cfg.num_shards)
+    store.repair_jsonl(part)  # a run killed mid-write leaves a torn last line
     all_tasks = discover(cfg.input)
     mine = [t for t in all_tasks if shard_of(t.key, cfg.num_shards) == cfg.shard]
     todo, already = pending_tasks(mine, out, cfg.retry_failed)
     if cfg.limit:
         todo = todo[:cfg.limit]
-    part = out / store.MANIFEST_DIR / store.part_name(cfg.shard, cfg.num_shards)
     print(f"[preprocess] {len(all_tasks)} clips under {cfg.input}; shard {cfg.shard}/{cfg.num_shards}: {len(mine)}; "
           f"already finished {already}; to do {len(todo)}; workers {cfg.workers}; backend {cfg.opts.backend}",
           file=sys.stderr)

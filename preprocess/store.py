@@ -143,6 +143,22 @@ def append_record(path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def repair_jsonl(path) -> bool:
+    """Cut a torn last line (no trailing newline: the writer was killed mid-write) so that the next appended record
+    starts on its own line. Returns True if something was cut."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "r+b") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def read_jsonl(path) -> list[dict]:
     """Records of a jsonl file; a truncated last line (killed writer) is ignored."""
     out = []

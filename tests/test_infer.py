@@ -91,14 +91,22 @@ def test_config_values_match_constants():
     assert cfg.hydra.job.chdir is False and list(cfg.controls) == ["all"]
 
 
-def test_infer_end_to_end_real_photo_speech_video(assets, capsys):
+def test_infer_end_to_end_real_photo_speech_video(assets, capsys, monkeypatch):
     import av
 
     from pdfgc.data.video import read_audio, read_frames
+    from pdfgc.pipeline import _align_adapter
     from pdfgc.pipeline.cli import run_inference
 
+    aligned = []
+    real_align = _align_adapter.align
+    monkeypatch.setattr(_align_adapter, "align", lambda frames, **kw: aligned.append(len(frames)) or
+                        real_align(frames, **kw))
     out = assets["dir"] / "result.mp4"
     path = run_inference(base(assets, out, controls="[all]"))
+    # the photo once, and the one video given for pose, exp and eye decoded and aligned once: carphone is 120
+    # frames at 30 fps = 4 s -> 100 frames at 25 fps
+    assert aligned == [1, 100]
     assert Path(path) == out and out.is_file()
     frames, fps = read_frames(out, fps=None)
     assert frames.shape == (N_FRAMES, 56, 56, 3) and fps == pytest.approx(FPS)
@@ -173,6 +181,17 @@ def test_panel_layout_and_one_frame_driver_folder(assets, pipe, tmp_path, caplog
     from pdfgc.data.video import read_frames
 
     assert read_frames(out, fps=None)[0].shape == (N_FRAMES, 56, 280, 3)
+
+
+def test_pdfgc_export_gives_the_same_frames_as_the_official_folder(assets, pipe, tmp_path):
+    from pdfgc.pipeline import Pipeline
+
+    pipe.models.save_pretrained(tmp_path / "export")
+    other = Pipeline.from_pretrained(tmp_path / "export", device="cpu")
+    crop = aligned_face(assets)
+    a = pipe(crop, assets["wav"], pose=crop, controls=["mouth", "headpose"], progress=False)
+    b = other(crop, assets["wav"], pose=crop, controls=["mouth", "headpose"], progress=False)
+    assert np.array_equal(a.frames, b.frames)
 
 
 def test_sync_fix_delays_video_by_two_frames(assets, pipe):

@@ -426,3 +426,40 @@ def test_auto_uses_compiled_activation_on_cpu():
     # dtypes without a C++ kernel stay on the reference
     pdfgc_ops.fused_leaky_relu(x.bfloat16(), torch.zeros(3))
     assert pdfgc_ops.backend_info()["running"]["fused_leaky_relu"]["cpu"] == "ref"
+
+
+def test_auto_upfirdn2d_policy_on_cpu():
+    """auto = the C++ kernel only where it measured faster (few channels or > 32 MiB tensors, NCHW input)."""
+    if not _cpu_available():
+        pytest.skip("C++ extension unavailable")
+    k = torch.ones(4, 4) / 16
+
+    def ran(x, **kw):
+        pdfgc_ops.upfirdn2d(x, k, **kw)
+        return pdfgc_ops.backend_info()["running"]["upfirdn2d"]["cpu"]
+
+    assert ran(torch.randn(2, 3, 8, 8), up=2, pad=(2, 1)) == "cpu"  # RGB skip
+    assert ran(torch.randn(2, 64, 8, 8), pad=(1, 1)) == "ref"  # many channels, small
+    assert ran(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last), pad=(1, 1)) == "ref"
+    assert ran(torch.randn(2, 3, 8, 8), up=2, down=2, pad=(1, 1)) == "ref"  # general path
+    assert ran(torch.randn(2, 3, 8, 8, dtype=torch.bfloat16), pad=(1, 1)) == "ref"  # no bf16 C++ kernel
+    assert ran(torch.randn(2, 3, 8, 8), pad=(1, 1)) == "cpu"
+    # kernels that need a gradient stay on the reference (the compiled kernels treat the filter as a constant)
+    assert ran(torch.randn(2, 3, 8, 8), pad=(1, 1)) == "cpu"
+    pdfgc_ops.upfirdn2d(torch.randn(2, 3, 8, 8), k.clone().requires_grad_(True), pad=(1, 1))
+    assert pdfgc_ops.backend_info()["running"]["upfirdn2d"]["cpu"] == "ref"
+
+
+def test_fused_leaky_relu_mask_path_channels_last_gradients(impl):
+    # slope <= 0 cannot read the sign of z from y: the compiled path saves a mask; check it on channels_last too
+    base = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    base = base + 0.1 * base.sign()
+    for slope in (-0.3, 0.0):
+        x = base.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = pdfgc_ops.fused_leaky_relu(x, None, slope, 1.5, impl=impl)
+        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+        np.testing.assert_allclose(gx.detach().numpy(), np.where(base.numpy() >= 0, 1.5, 1.5 * slope), rtol=1e-14)
+        # second order w.r.t. x is zero (piecewise linear); the compiled path does not even record a dependency
+        if gx.requires_grad:
+            (ggx,) = torch.autograd.grad(gx.sum(), x, allow_unused=True)
+            assert ggx is None or torch.count_nonzero(ggx) == 0

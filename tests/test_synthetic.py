@@ -156,12 +156,15 @@ def test_pose_change_leaves_mouth_unchanged_up_to_the_warp():
     warped = np.stack([map_coordinates(rolled[..., ch], [rows, cols], order=1) for ch in range(3)], -1)
     bx0, by0, bx1, by1 = _box_px(src.factors(clip, [frame])["mouth_box"][0], s, 0)
     sl = (slice(by0, by1), slice(bx0, bx1))
-    err_warp = np.abs(warped[sl] - frontal[sl]).mean()
-    err_mouth = np.abs(other[sl] - frontal[sl]).mean()
-    err_nowarp = np.abs(rolled[sl] - frontal[sl]).mean()
-    assert err_warp < 0.25 * err_mouth, (err_warp, err_mouth)
-    assert err_warp < 0.25 * err_nowarp, (err_warp, err_nowarp)
-    assert err_warp < 4.0, err_warp
+    # structural disagreement: share of mouth-box pixels off by more than 40 levels (lighting, fixed in camera
+    # space, legitimately changes the shading a little when the head rolls)
+    def bad(x):
+        return float((np.abs(x[sl] - frontal[sl]).max(-1) > 40).mean())
+
+    err_warp, err_mouth, err_nowarp = bad(warped), bad(other), bad(rolled)
+    assert err_warp < 0.2 * err_mouth, (err_warp, err_mouth)
+    assert err_warp < 0.2 * err_nowarp, (err_warp, err_nowarp)
+    assert err_warp < 0.03, err_warp
 
 
 def test_pose_factor_moves_the_face_as_labelled():

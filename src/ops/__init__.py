@@ -103,15 +103,26 @@ def _record(op: str, device: torch.device, impl: str) -> None:
 
 # --- upfirdn2d -------------------------------------------------------------------------------------------------
 
-# Measured on the development CPU (docs/ops.md, `python -m benchmarks.bench_ops`): the C++ kernel beats the
-# depthwise-convolution reference for these (up, down) configurations; elsewhere "auto" keeps the reference.
-_CPU_WINS_MAX_PLANE = {  # (ux, uy, dx, dy) -> largest H*W of the input plane at which the C++ kernel still wins
-}
+# Where the C++ kernel beats the depthwise-convolution reference on CPU (measured single-threaded on the development
+# machine, docs/ops.md): the reference (oneDNN) is hard to beat on many channels of small planes, but it loses
+# (1) on few channels (the RGB skip: 2-10x) and (2) once a tensor exceeds ~32 MiB, where every allocation of its
+# internal buffers is a fresh mmap (glibc's largest mmap threshold) and page faults dominate (1.3-4x).
+# Channels_last inputs stay on the reference (oneDNN's NHWC path is fast; the C++ kernel would need a copy), and
+# so do configurations with up > 1 and down > 1 on the same axis (the C++ kernel's slow general path).
+_CPU_FEW_CHANNELS = 16
+_CPU_LARGE_BYTES = 32 * 2**20
 
 
-def _cpu_upfirdn_wins(x: torch.Tensor, p: UpFirDnParams) -> bool:
-    limit = _CPU_WINS_MAX_PLANE.get((p.ux, p.uy, p.dx, p.dy))
-    return limit is not None and x.shape[2] * x.shape[3] <= limit
+def _cpu_upfirdn_wins(x: torch.Tensor, kernel: torch.Tensor, p: UpFirDnParams) -> bool:
+    if (p.ux > 1 and p.dx > 1) or (p.uy > 1 and p.dy > 1):
+        return False
+    if not x.is_contiguous():
+        return False
+    n, c, h, w = x.shape
+    oh = (h * p.uy + p.py0 + p.py1 - kernel.shape[0]) // p.dy + 1
+    ow = (w * p.ux + p.px0 + p.px1 - kernel.shape[1]) // p.dx + 1
+    largest = max(h * w, oh * ow) * n * c * x.element_size()
+    return c <= _CPU_FEW_CHANNELS or largest >= _CPU_LARGE_BYTES
 
 
 def _choose_upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, p: UpFirDnParams, impl: str) -> str:
@@ -131,7 +142,7 @@ def _choose_upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, p: UpFirDnParams, i
         return "ref"
     if kernel.requires_grad and torch.is_grad_enabled():
         return "ref"
-    if dev == "cpu" and not _cpu_upfirdn_wins(x, p):
+    if dev == "cpu" and not _cpu_upfirdn_wins(x, kernel, p):
         return "ref"
     ext = "pdfgc_upfirdn2d" if dev == "cpu" else "pdfgc_upfirdn2d_cuda"
     return dev if _auto_ext_or_ref("upfirdn2d", ext) == "ext" else "ref"
@@ -195,7 +206,8 @@ def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=math.sqrt(2), impl=
         x: (N, C, ...) any rank >= 2 (e.g. (N, C) after EqualLinear, (N, C, H, W) after a conv).
         bias: None, (C,) or (1, C, 1, ..., 1).
         negative_slope, scale: floats; any values are honoured.
-        impl: "auto" | "ref" | "cpu" | "cuda". The compiled paths save only a 1-byte sign mask for backward.
+        impl: "auto" | "ref" | "cpu" | "cuda". The compiled paths make one pass each way; for backward they keep
+            only the output (CPU, slope > 0 and scale > 0) or a 1-byte sign mask.
     Returns:
         Tensor of x's shape (and, for dense NCHW / channels_last input, x's layout).
     """
@@ -204,9 +216,9 @@ def fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=math.sqrt(2), impl=
     _record("fused_leaky_relu", x.device, chosen)
     if chosen == "ref":
         return fused_leaky_relu_ref(x, b, negative_slope, scale)
-    from ._functions import FusedLeakyReLUFn
+    from ._functions import fused_leaky_relu_ext
 
-    return FusedLeakyReLUFn.apply(x, bias, float(negative_slope), float(scale), chosen)
+    return fused_leaky_relu_ext(x, bias, negative_slope, scale, chosen)
 
 
 class FusedLeakyReLU(nn.Module):

@@ -4,7 +4,7 @@ Both ops are linear in their tensor input once the static configuration (and, fo
 is fixed, so each backward is again the same kind of op and is expressed with the same Function:
   * upfirdn2d: grad_x = upfirdn2d(grad_y, flip(kernel), up=down, down=up, adjusted pads) (see
     `_params.adjoint_params`); its backward is the forward configuration again.
-  * fused leaky ReLU: grad_z = grad_y * (mask ? scale : scale * slope); grad_bias = sum of grad_z over every axis
+  * fused leaky ReLU: grad_z = grad_y * (z >= 0 ? scale : scale * slope) (sign from a mask or from y); grad_bias = sum of grad_z over every axis
     but 1; the backward of that masked scale is the same masked scale, and the output does not depend on x
     through the mask (piecewise linear), so second derivatives w.r.t. x are zero.
 The kernel of upfirdn2d is treated as a constant (no gradient): the dispatcher sends kernels that require grad
@@ -42,26 +42,45 @@ class UpFirDn2d(torch.autograd.Function):
         return gx, None, None, None
 
 
+def fused_leaky_relu_ext(x, bias, slope: float, scale: float, backend: str):
+    """Compiled fused leaky ReLU; builds the autograd graph only when a gradient is needed."""
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return FusedLeakyReLUFn.apply(x, bias, float(slope), float(scale), backend)
+    ops = _ext.get(_ACT_EXT[backend])
+    b = None if bias is None else bias.reshape(-1)
+    if backend == "cpu":
+        return ops.fused_lrelu(x, b, float(slope), float(scale))  # no mask written at all
+    return ops.fused_lrelu_fwd(x, b, float(slope), float(scale))[0]
+
+
 class FusedLeakyReLUFn(torch.autograd.Function):
-    """y = scale * leaky_relu(x + bias, slope) in one pass; saves only the bool mask (z >= 0)."""
+    """y = scale * leaky_relu(x + bias, slope) in one pass.
+
+    What is saved for backward: on CPU with slope > 0 and scale > 0, nothing new (the output y, whose sign is the
+    sign of z, and which the next layer keeps alive anyway); otherwise a 1-byte mask (z >= 0).
+    """
 
     @staticmethod
     def forward(ctx, x, bias, slope: float, scale: float, backend: str):
         ops = _ext.get(_ACT_EXT[backend])
         b = None if bias is None else bias.reshape(-1)
-        y, mask = ops.fused_lrelu_fwd(x, b, float(slope), float(scale))
-        ctx.save_for_backward(mask)
-        ctx.slope, ctx.scale, ctx.backend = float(slope), float(scale), backend
+        if backend == "cpu" and slope > 0 and scale > 0:
+            y = ops.fused_lrelu(x, b, slope, scale)
+            ctx.save_for_backward(y)
+        else:
+            y, mask = ops.fused_lrelu_fwd(x, b, slope, scale)
+            ctx.save_for_backward(mask)
+        ctx.slope, ctx.scale, ctx.backend = slope, scale, backend
         ctx.bias_meta = None if bias is None else (bias.shape, bias.dtype)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (mask,) = ctx.saved_tensors
+        (sign_ref,) = ctx.saved_tensors
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gz = gb = None
         if need_x or need_b:
-            gz = MaskedScale.apply(gy, mask, ctx.slope, ctx.scale, ctx.backend)
+            gz = MaskedScale.apply(gy, sign_ref.detach(), ctx.slope, ctx.scale, ctx.backend)
         if need_b:
             dims = [0] + list(range(2, gz.ndim))
             shape, dtype = ctx.bias_meta
@@ -70,16 +89,21 @@ class FusedLeakyReLUFn(torch.autograd.Function):
 
 
 class MaskedScale(torch.autograd.Function):
-    """g * (mask ? scale : scale * slope); its own gradient w.r.t. g is the same masked scale."""
+    """g * (z >= 0 ? scale : scale * slope), the sign of z given by a bool mask or by the saved output y.
+
+    Linear in g with a piecewise-constant factor, so its gradient w.r.t. g is the same masked scale.
+    """
 
     @staticmethod
-    def forward(ctx, g, mask, slope: float, scale: float, backend: str):
+    def forward(ctx, g, sign_ref, slope: float, scale: float, backend: str):
         ops = _ext.get(_ACT_EXT[backend])
-        ctx.save_for_backward(mask)
+        ctx.save_for_backward(sign_ref)
         ctx.slope, ctx.scale, ctx.backend = slope, scale, backend
-        return ops.fused_lrelu_grad(g, mask, slope, scale)
+        if sign_ref.dtype == torch.bool:
+            return ops.fused_lrelu_grad(g, sign_ref, slope, scale)
+        return ops.fused_lrelu_grad_out(g, sign_ref, slope, scale)
 
     @staticmethod
     def backward(ctx, gg):
-        (mask,) = ctx.saved_tensors
-        return MaskedScale.apply(gg, mask, ctx.slope, ctx.scale, ctx.backend), None, None, None, None
+        (sign_ref,) = ctx.saved_tensors
+        return MaskedScale.apply(gg, sign_ref, ctx.slope, ctx.scale, ctx.backend), None, None, None, None

@@ -378,5 +378,6 @@ def train(cfg) -> dict:
 
         summary["demo"] = run_demo(summary["export"], root / "demo", OmegaConf.to_container(cfg.data, resolve=True),
                                    num_frames=int(demo_cfg.get("num_frames", 50)),
-                                   eval_clips=int(demo_cfg.get("eval_clips", 4)), seed=int(cfg.seed))
+                                   eval_clips=int(demo_cfg.get("eval_clips", 4)), seed=int(cfg.seed),
+                                   estimator_steps=int(demo_cfg.get("estimator_steps", 300)))
     return summary

@@ -1,7 +1,8 @@
 // Fused bias + leaky ReLU + gain on CPU (SPEC 3.1), float32 / float64, written from the math.
 //
-// forward:  z = x + bias[c];  y = scale * (z >= 0 ? z : slope * z);  mask = (z >= 0)
-// backward: dL/dz = g * (mask ? scale : scale * slope)   (a masked scale: linear in g, so its own gradient
+// forward:  z = x + bias[c];  y = scale * (z >= 0 ? z : slope * z);  mask = (z >= 0) (only when asked: without
+//           autograd, or when slope > 0 and scale > 0 so that the sign of y is the mask, none is written)
+// backward: dL/dz = g * (mask ? scale : scale * slope), mask from the saved bool mask or from y >= 0   (a masked scale: linear in g, so its own gradient
 //           w.r.t. g is the same masked scale and any order of derivative reuses this one kernel)
 // One pass over memory each way; the mask (1 byte per element) is all that the backward needs.
 // Layouts: contiguous NC... (channel = (i / inner) % C) and 4-D channels_last (channel = i % C) are read in
@@ -16,6 +17,15 @@
 #include <optional>
 #include <tuple>
 
+// x86-64 + GCC: compile the hot loops twice, for AVX2/FMA and for the baseline, and pick at load time (ifunc).
+// The extension is cached on disk and may be reused by another machine sharing the home directory, so
+// -march=native would be unsafe; function multi-versioning is not.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PDFGC_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define PDFGC_SIMD_CLONES
+#endif
+
 namespace {
 
 constexpr int64_t kGrain = 32768;  // elements per task: amortise thread start-up on small tensors
@@ -25,43 +35,69 @@ constexpr int64_t kGrain = 32768;  // elements per task: amortise thread start-u
 
 // y = pos * max(z, 0) + neg * min(z, 0): branch-free (random signs would make a branch mispredict half the time)
 template <typename scalar_t>
+inline scalar_t lrelu(scalar_t z, scalar_t pos, scalar_t neg) {
+  return pos * std::max(z, scalar_t(0)) + neg * std::min(z, scalar_t(0));
+}
+
+// bias == nullptr: no bias; otherwise bias[i] is added (a row of channels). mask == nullptr: not wanted.
+template <typename scalar_t>
+PDFGC_SIMD_CLONES
 void act_run(const scalar_t* __restrict__ x, const scalar_t* __restrict__ bias, scalar_t* __restrict__ y,
              bool* __restrict__ mask, int64_t n, scalar_t pos, scalar_t neg) {
-  // bias == nullptr: no bias; otherwise bias[i] is added (a row of channels)
-  if (bias == nullptr) {
+  if (bias == nullptr && mask == nullptr) {
+    for (int64_t i = 0; i < n; ++i) y[i] = lrelu(x[i], pos, neg);
+  } else if (bias == nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const scalar_t z = x[i];
-      mask[i] = z >= scalar_t(0);
-      y[i] = pos * std::max(z, scalar_t(0)) + neg * std::min(z, scalar_t(0));
+      mask[i] = x[i] >= scalar_t(0);
+      y[i] = lrelu(x[i], pos, neg);
     }
+  } else if (mask == nullptr) {
+    for (int64_t i = 0; i < n; ++i) y[i] = lrelu(x[i] + bias[i], pos, neg);
   } else {
     for (int64_t i = 0; i < n; ++i) {
       const scalar_t z = x[i] + bias[i];
       mask[i] = z >= scalar_t(0);
-      y[i] = pos * std::max(z, scalar_t(0)) + neg * std::min(z, scalar_t(0));
+      y[i] = lrelu(z, pos, neg);
     }
   }
 }
 
 template <typename scalar_t>
+PDFGC_SIMD_CLONES
 void act_run_const_bias(const scalar_t* __restrict__ x, scalar_t b, scalar_t* __restrict__ y,
                         bool* __restrict__ mask, int64_t n, scalar_t pos, scalar_t neg) {
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t z = x[i] + b;
-    mask[i] = z >= scalar_t(0);
-    y[i] = pos * std::max(z, scalar_t(0)) + neg * std::min(z, scalar_t(0));
+  if (mask == nullptr) {
+    for (int64_t i = 0; i < n; ++i) y[i] = lrelu(x[i] + b, pos, neg);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t z = x[i] + b;
+      mask[i] = z >= scalar_t(0);
+      y[i] = lrelu(z, pos, neg);
+    }
   }
 }
 
+// gradient from the saved output: valid when slope > 0 and scale > 0, where sign(y) == sign(z) (y == 0 iff
+// z == 0, which takes the z >= 0 branch in both): no mask to allocate, and y is kept alive anyway by the layer
+// that consumes it.
 template <typename scalar_t>
+PDFGC_SIMD_CLONES
+void grad_run_from_out(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y, scalar_t* __restrict__ out,
+                       int64_t n, scalar_t pos, scalar_t neg) {
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] * (y[i] >= scalar_t(0) ? pos : neg);
+}
+
+template <typename scalar_t>
+PDFGC_SIMD_CLONES
 void grad_run(const scalar_t* __restrict__ g, const bool* __restrict__ mask, scalar_t* __restrict__ out, int64_t n,
               scalar_t pos, scalar_t neg) {
   const scalar_t diff = pos - neg;
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] * (neg + diff * static_cast<scalar_t>(mask[i]));
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_lrelu_fwd(const at::Tensor& x_in, const std::optional<at::Tensor>& bias_in,
-                                                  double slope, double scale) {
+std::tuple<at::Tensor, at::Tensor> fused_lrelu_impl(const at::Tensor& x_in,
+                                                   const std::optional<at::Tensor>& bias_in, double slope,
+                                                   double scale, bool want_mask) {
   TORCH_CHECK(x_in.device().is_cpu(), "pdfgc fused_leaky_relu (cpu): x must be a CPU tensor, got ", x_in.device());
   TORCH_CHECK(x_in.dim() >= 2 || !bias_in.has_value(),
               "pdfgc fused_leaky_relu (cpu): a bias needs x with a channel axis 1, got ", x_in.sizes());
@@ -69,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> fused_lrelu_fwd(const at::Tensor& x_in, const
                   x_in.is_contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor x = cl ? x_in : x_in.contiguous();
   at::Tensor y = at::empty_like(x);  // keeps x's memory format
-  at::Tensor mask = at::empty_like(x, x.options().dtype(at::kBool));
+  at::Tensor mask = want_mask ? at::empty_like(x, x.options().dtype(at::kBool)) : at::Tensor();
   const int64_t numel = x.numel();
   if (numel == 0) return {y, mask};
   const int64_t C = x.dim() >= 2 ? x.size(1) : 1;
@@ -84,28 +120,61 @@ std::tuple<at::Tensor, at::Tensor> fused_lrelu_fwd(const at::Tensor& x_in, const
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.data_ptr<scalar_t>();
-    bool* mp = mask.data_ptr<bool>();
+    bool* mp = want_mask ? mask.data_ptr<bool>() : nullptr;
     const scalar_t pos = static_cast<scalar_t>(scale), neg = static_cast<scalar_t>(scale * slope);
     if (bp == nullptr) {
       at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
-        act_run<scalar_t>(xp + b, nullptr, yp + b, mp + b, e - b, pos, neg);
+        act_run<scalar_t>(xp + b, nullptr, yp + b, mp ? mp + b : nullptr, e - b, pos, neg);
       });
     } else if (cl || inner == 1) {
       // channel axis innermost (channels_last, or (N, C)): rows of C channels
       const int64_t rows = numel / C;
       at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / C), [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) act_run<scalar_t>(xp + r * C, bp, yp + r * C, mp + r * C, C, pos, neg);
+        for (int64_t r = b; r < e; ++r)
+          act_run<scalar_t>(xp + r * C, bp, yp + r * C, mp ? mp + r * C : nullptr, C, pos, neg);
       });
     } else {
       // contiguous NC...: planes of `inner` elements share one channel
       const int64_t planes = numel / inner;
       at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
         for (int64_t p = b; p < e; ++p)
-          act_run_const_bias<scalar_t>(xp + p * inner, bp[p % C], yp + p * inner, mp + p * inner, inner, pos, neg);
+          act_run_const_bias<scalar_t>(xp + p * inner, bp[p % C], yp + p * inner, mp ? mp + p * inner : nullptr,
+                                       inner, pos, neg);
       });
     }
   });
   return {y, mask};
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_lrelu_fwd(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                                                  double slope, double scale) {
+  return fused_lrelu_impl(x, bias, slope, scale, true);
+}
+
+at::Tensor fused_lrelu(const at::Tensor& x, const std::optional<at::Tensor>& bias, double slope, double scale) {
+  return std::get<0>(fused_lrelu_impl(x, bias, slope, scale, false));
+}
+
+at::Tensor fused_lrelu_grad_out(const at::Tensor& g_in, const at::Tensor& y, double slope, double scale) {
+  TORCH_CHECK(g_in.device().is_cpu() && y.device().is_cpu(), "pdfgc fused_leaky_relu (cpu): CPU tensors only");
+  TORCH_CHECK(g_in.sizes() == y.sizes(), "pdfgc fused_leaky_relu (cpu): gradient ", g_in.sizes(), " and output ",
+              y.sizes(), " differ in shape");
+  TORCH_CHECK(slope > 0 && scale > 0, "pdfgc fused_leaky_relu (cpu): the output-based gradient needs slope > 0 and "
+              "scale > 0, got ", slope, ", ", scale);
+  const auto fmt = y.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK(y.is_contiguous(fmt), "pdfgc fused_leaky_relu (cpu): saved output must be dense");
+  const at::Tensor g = g_in.to(y.scalar_type()).contiguous(fmt);
+  at::Tensor out = at::empty_like(g);
+  const int64_t numel = g.numel();
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pdfgc_fused_lrelu_grad_out_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t pos = static_cast<scalar_t>(scale), neg = static_cast<scalar_t>(scale * slope);
+    at::parallel_for(0, numel, kGrain,
+                     [&](int64_t b, int64_t e) { grad_run_from_out<scalar_t>(gp + b, yp + b, op + b, e - b, pos, neg); });
+  });
+  return out;
 }
 
 at::Tensor fused_lrelu_grad(const at::Tensor& g_in, const at::Tensor& mask, double slope, double scale) {
@@ -137,4 +206,6 @@ at::Tensor fused_lrelu_grad(const at::Tensor& g_in, const at::Tensor& mask, doub
 TORCH_LIBRARY(pdfgc_fused_act, m) {
   m.def("fused_lrelu_fwd(Tensor x, Tensor? bias, float slope, float scale) -> (Tensor, Tensor)", &fused_lrelu_fwd);
   m.def("fused_lrelu_grad(Tensor g, Tensor mask, float slope, float scale) -> Tensor", &fused_lrelu_grad);
+  m.def("fused_lrelu(Tensor x, Tensor? bias, float slope, float scale) -> Tensor", &fused_lrelu);
+  m.def("fused_lrelu_grad_out(Tensor g, Tensor y, float slope, float scale) -> Tensor", &fused_lrelu_grad_out);
 }

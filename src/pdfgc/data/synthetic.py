@@ -172,18 +172,17 @@ def _envelope(plan: np.ndarray, times: np.ndarray, attack: float = 0.035, releas
     Returns `(env (n,), vowel (n,) int, -1 where silent)`."""
     env = np.zeros(len(times))
     vowel = np.full(len(times), -1, dtype=np.int64)
-    for s, e, v, a in plan:
-        m = (times >= s) & (times < e)
-        if not m.any():
+    for s, e, v, a in plan:  # `times` is sorted: each syllable touches one contiguous slice
+        i0, i1 = np.searchsorted(times, s, "left"), np.searchsorted(times, e, "left")
+        if i1 <= i0:
             continue
-        tt = times[m]
+        tt = times[i0:i1]
         up = np.clip((tt - s) / attack, 0, 1)
         down = np.clip((e - tt) / release, 0, 1)
         g = a * (0.5 - 0.5 * np.cos(np.pi * np.minimum(up, down)))
-        better = g > env[m]
-        idx = np.flatnonzero(m)[better]
-        env[idx] = g[better]
-        vowel[idx] = int(v)
+        better = g > env[i0:i1]
+        env[i0:i1][better] = g[better]
+        vowel[i0:i1][better] = int(v)
     return env, vowel
 
 
@@ -367,8 +366,8 @@ def make_clip_state(seed: int, identity: int, clip: int, num_frames: int, ident:
     eye_pts = _surface(ident, np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
     mw = ident[I_MW] * 1.4  # widest mouth: width 1 and full smile give 1.23 x 1.1 = 1.353 x I_MW
     xs = np.linspace(-mw, mw, 7)
-    ys = np.array([ident[I_MY] - ident[I_MO] - ident[I_UT] - 0.02, ident[I_MY],
-                   ident[I_MY] + 1.15 * ident[I_MO] + ident[I_LT] + 0.03])
+    ys = np.array([ident[I_MY] - ident[I_MO] - ident[I_UT] - 0.03, ident[I_MY],
+                   ident[I_MY] + 1.15 * ident[I_MO] + ident[I_LT] + 0.04])
     mouth_pts = _surface(ident, np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2))
     eye_box = _box(_project(eye_pts, rot, centre, ident[I_FOCAL]))
     mouth_box = _box(_project(mouth_pts, rot, centre, ident[I_FOCAL]))
@@ -566,11 +565,11 @@ def _render_kernel(out, ident, params):
                         lye = (Y - ey) / ew
                         if abs(lxe) < 1.6 and lye > -1.8 and lye < 1.5:
                             eo = open_l if side < 0.0 else open_r
-                            eo = eo * (1.0 - 0.45 * squint)
+                            eo = eo * (1.0 - 0.6 * squint)
                             eo = 0.0 if eo < 0.0 else (1.0 if eo > 1.0 else eo)
                             xx = lxe if abs(lxe) < 1.0 else (1.0 if lxe > 0.0 else -1.0)
                             h = 1.0 - xx * xx
-                            y_up = -ehr * h ** 0.75 * (1.0 + 0.35 * widen)
+                            y_up = -ehr * h ** 0.75 * (1.0 + 0.5 * widen)
                             y_lo = ehr * 0.75 * h * (1.0 - 0.35 * squint)
                             lid = y_lo + (y_up - y_lo) * eo
                             # socket shadow
@@ -622,10 +621,10 @@ def _render_kernel(out, ident, params):
                             fb -= fb * al
                         # brow: an arched, tapered capsule from the inner to the outer end
                         ax_ = side * (ex - 0.85 * ew)
-                        ay_ = ey - bh - brow_in * 0.55 * ew
+                        ay_ = ey - bh - brow_in * 1.0 * ew
                         bx_ = side * (ex + 1.15 * ew)
-                        by_ = ey - bh + 0.15 * ew - brow_out * 0.5 * ew
-                        if abs(X - 0.5 * (ax_ + bx_)) < 1.6 * ew + bt and abs(Y - 0.5 * (ay_ + by_)) < 1.2 * ew + bt:
+                        by_ = ey - bh + 0.15 * ew - brow_out * 0.8 * ew
+                        if abs(X - 0.5 * (ax_ + bx_)) < 1.6 * ew + bt and abs(Y - 0.5 * (ay_ + by_)) < 1.6 * ew + bt:
                             vx = bx_ - ax_
                             vy = by_ - ay_
                             ts = ((X - ax_) * vx + (Y - ay_) * vy) / (vx * vx + vy * vy)
@@ -671,7 +670,7 @@ def _render_kernel(out, ident, params):
                     # mouth: lips, dark interior, upper teeth, a seam when closed
                     if abs(X) < 1.3 * mwe and abs(Y - my) < mo0 * 1.3 + lt + ut + 0.05:
                         mx = X / mwe
-                        m = my - smile * 0.05 * mx * mx + 0.012 * abs(smile)
+                        m = my - smile * 0.085 * mx * mx + 0.02 * abs(smile)
                         hm = 1.0 - mx * mx
                         hm = np.sqrt(hm) if hm > 0.0 else 0.0
                         hl2 = hm ** 0.6
@@ -893,3 +892,55 @@ class SyntheticSource:
             raise IndexError(f"SyntheticSource: frame indices of clip {i} must lie in [0, {self.num_frames_per_clip})"
                              f", got [{idx.min()}, {idx.max()}]")
         return idx
+
+
+# ================================================================================================================
+# preview: `python -m pdfgc.data.synthetic --grid grid.png --video sample.mp4`
+
+def preview_grid(size: int = 112, identities: int = 4, columns: int = 8, seed: int = 0) -> np.ndarray:
+    """uint8 image: `identities` rows of frames across a clip, then one row of single-factor edits of identity 0
+    (emotions at full intensity, a blink, gaze left, yaw right, pitch up)."""
+    src = SyntheticSource(image_size=size, num_identities=max(identities * 3, 8), split="all", seed=seed)
+    rows = []
+    for r in range(identities):
+        clip = r * src.clips_per_identity
+        rows.append(np.concatenate(list(src.frames(clip, np.linspace(3, src.num_frames(clip) - 3,
+                                                                          columns).astype(int))), axis=1))
+    keep = dict(mouth=(0.15, 0.5), eye_open=(1.0, 1.0), gaze=(0.0, 0.0), pose=np.zeros(6))
+    edits = [dict(expr=EMOTION_EXPR[k]) for k in range(len(EMOTIONS))]
+    edits += [dict(eye_open=(0.05, 0.05), expr=EMOTION_EXPR[0]), dict(gaze=(-0.9, 0.0), expr=EMOTION_EXPR[0]),
+              dict(pose=[0.45, 0, 0, 0, 0, 0], expr=EMOTION_EXPR[0]), dict(pose=[0, 0.3, 0, 0, 0, 0],
+                                                                          expr=EMOTION_EXPR[0])]
+    tiles = [src.render(0, [20], **{**keep, **e})[0] for e in edits[:columns]]
+    rows.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pdfgc.data.synthetic",
+                                 description="Write a preview grid and/or a sample clip (mp4 with its audio).")
+    ap.add_argument("--grid", help="output PNG of a face grid")
+    ap.add_argument("--video", help="output mp4 of one clip with its synthetic speech")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--video-size", type=int, default=224)
+    ap.add_argument("--clip", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.grid:
+        import imageio.v3 as iio
+
+        iio.imwrite(args.grid, preview_grid(args.size, seed=args.seed))
+        print(f"wrote {args.grid}")
+    if args.video:
+        from pdfgc.data.video import write_video
+
+        src = SyntheticSource(image_size=args.video_size, split="all", seed=args.seed)
+        write_video(args.video, src.frames(args.clip, range(src.num_frames(args.clip))), fps=FPS,
+                    audio=src.audio(args.clip))
+        print(f"wrote {args.video}")
+
+
+if __name__ == "__main__":
+    main()

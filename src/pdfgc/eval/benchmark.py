@@ -16,7 +16,8 @@ emotion (class probabilities x intensity; ground truth one-hot x intensity).
   components, raw (in the units above) and normalised by the chance error of f (mean |difference| between random
   pairs of test frames): 0 = exact, ~1 = no better than ignoring the driver;
 - leakage[r, c]: change only the driver of row factor r (d -> d2) and measure how much factor c moves in the
-  output, normalised the same way; the ideal matrix is the identity (the diagonal = response). The gaze and blink
+  output, in units of how much the estimator sees c move between the real driver frames d and d2 (so copying
+  the changed driver scores 1 across the row); the ideal matrix is the identity (the diagonal = response). The gaze and blink
   rows swap the eye driver with the other eye control off (blink off for the gaze row, gaze off for the blink row),
   using the official control masks to isolate them;
 - methods: the trained model (via `Pipeline.generate`), "copy source" (the source frame, no motion), "copy driver"
@@ -156,7 +157,7 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
 
     gens = ["all"] + [f"off_{c}" for c in ALL_CONTROLS] + [f"leak_{f}" for f in FACTORS]
     est_out: dict[str, dict[str, list]] = {m: {g: [] for g in gens} for m in METHODS}
-    gt_d, gt_d2, real_d = [], [], []
+    gt_d, gt_d2, real_d, real_d2 = [], [], [], []
     image_scores: dict[str, dict[str, list]] = {m: {"psnr": [], "ssim": [], "lpips": []} for m in METHODS}
     lp = None
     if lpips_weights is not None:
@@ -184,6 +185,7 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
         target = src.render(s, np.zeros(frames, np.int64), pose=fd["pose"], eye_open=fd["eye_open"],
                             gaze=fd["gaze"], mouth=fd["mouth"], expr=_emotion_expr(fd))
         real_d.append(drv)
+        real_d2.append(drv2)
 
         # (controls, mel, pose, exp, eye) per generation
         plan = {"all": (list(ALL_CONTROLS), mel, drv, drv, drv)}
@@ -219,6 +221,12 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
     gt_all = factor_vectors(cat(gt_d + gt_d2), predicted=False)
     scale = {f: chance_scale(gt_all[f], seed=seed) for f in FACTORS}
     real_est = factor_vectors(est.predict(torch.cat(real_d)), predicted=True)
+    real_est2 = factor_vectors(est.predict(torch.cat(real_d2)), predicted=True)
+    # leakage unit: how much the estimator sees factor c move between the real driver frames d and d2, so a
+    # method that copies the whole changed driver scores 1 in every column of that row, whatever the estimator's
+    # accuracy (a weak estimator shrinks both numerator and denominator)
+    move = {f: float(np.nanmean(np.abs(real_est[f] - real_est2[f]))) for f in FACTORS}
+    move = {f: v if v > 1e-12 else 1.0 for f, v in move.items()}
     vec = {m: {g: factor_vectors(cat(v), predicted=True) for g, v in est_out[m].items() if v} for m in METHODS}
     gt_cls = cat(gt_d)["emotion"]
 
@@ -240,7 +248,7 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
             base = vec[m].get(base_of[fr], vec[m]["all"])
             moved = vec[m][f"leak_{fr}"]
             for c, fc in enumerate(FACTORS):
-                mat[r, c] = float(np.nanmean(np.abs(moved[fc] - base[fc]))) / scale[fc]
+                mat[r, c] = float(np.nanmean(np.abs(moved[fc] - base[fc]))) / move[fc]
         leakage[m] = mat.tolist()
 
     def summary(mat):
@@ -259,6 +267,7 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
         "factors": list(FACTORS),
         "units": UNITS,
         "chance_scale": scale,
+        "leakage_unit": move,
         "estimator": {"path": str(est_path) if est_path else None, "held_out": getattr(est, "metrics", {}),
                       "spec": getattr(est, "spec", {})},
         "control": control,

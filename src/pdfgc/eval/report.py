@@ -82,8 +82,9 @@ def synthetic_markdown(report: dict) -> str:
     acc = report["emotion_acc"]
     rows.append(["emotion class accuracy"] + [_fmt(acc.get(c), 2) for c in cols])
     out.append(md_table(["factor"] + [METHOD_LABELS[c] for c in cols], rows))
-    out += ["", "Leakage (row: only this factor's driver changes; column: how much each factor moves, in units of "
-            "its chance-level change). Ideal: 1 on the diagonal, 0 elsewhere.", ""]
+    out += ["", "Leakage (row: only this factor's driver changes; column: how much each factor moves in the output, "
+            "in units of how much it moves between the two real driver frames). Ideal: 1 on the diagonal, 0 "
+            "elsewhere; copying the changed driver scores 1 across its row.", ""]
     for m, mat in report["leakage"].items():
         s = report["leakage_summary"][m]
         out += [f"**{METHOD_LABELS.get(m, m)}** (response {_fmt(s['response'], 2)}, "

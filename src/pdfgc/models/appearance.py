@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdfgc.constants import IMAGE_SIZE
+
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck with grouped 3x3 (stride on the 3x3): 1x1 -> 3x3/groups -> 1x1 (x4), BN, ReLU."""
@@ -87,7 +89,7 @@ class AppearanceEncoder(nn.Module):
 
     def __init__(
         self,
-        image_size: int = 224,            # input side (informational; any size >= 32 works)
+        image_size: int = IMAGE_SIZE,     # input side (informational; any size >= 32 works)
         layers: Sequence[int] = (3, 4, 6, 3),
         groups: int = 32,                 # cardinality
         width_per_group: int = 4,

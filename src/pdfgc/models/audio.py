@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from pdfgc.constants import LIP_DIM, N_MELS
+
 
 class SELayer(nn.Module):
     """Squeeze-excitation: channel scale sigmoid(fc(avgpool(x))), bottleneck C/reduction."""
@@ -91,9 +93,9 @@ class AudioEncoder(nn.Module):
         self,
         layers: Sequence[int] = (3, 4, 6, 3),
         num_filters: Sequence[int] = (32, 64, 128, 256),
-        n_mels: int = 80,
+        n_mels: int = N_MELS,
         embed_dim: int = 512,             # f_aud
-        lip_dim: int = 500,               # lip code (shared space with the motion encoder's mouth_embed)
+        lip_dim: int = LIP_DIM,           # lip code (shared space with the motion encoder's mouth_embed)
         attention_dim: int = 128,         # SAP attention bottleneck
         se_reduction: int = 8,
     ):

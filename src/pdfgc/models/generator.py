@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from pdfgc.constants import IMAGE_SIZE, STYLE_DIM
+
 from .layers import DEFAULT_BLUR_KERNEL, NOISE_MODES, ConstantInput, EqualLinear, PixelNorm, StyledConv, ToRGB
 
 
@@ -51,8 +53,8 @@ class Generator(nn.Module):
 
     def __init__(
         self,
-        image_size: int = 224,            # output side S; 7*2^k or 2^k
-        style_dim: int = 2590,            # length of the style vector fed to every modulation
+        image_size: int = IMAGE_SIZE,     # output side S; 7*2^k or 2^k
+        style_dim: int = STYLE_DIM,       # length of the style vector fed to every modulation
         feature_encoded_dim: Optional[int] = None,  # input width of the unused mapping MLP (None: style_dim)
         n_mlp: int = 8,                   # layers of the unused mapping MLP
         lr_mlp: float = 0.01,             # its learning-rate multiplier (affects its init only)
@@ -111,7 +113,7 @@ class Generator(nn.Module):
         """Synthesise images.
 
         style: (B, style_dim) (one w for every layer, as the reference) or (B, n_latent, style_dim);
-        spatial: (B, C0, s0, s0) spatial appearance code (None: the learned constant `input.input`);
+        spatial: (B or 1, C0, s0, s0) spatial appearance code (None: the learned constant `input.input`);
         noise_mode: "cached" (reference, default), "const" (checkpoint buffers), "none" or "random";
         rng: optional torch.Generator used when a noise map is drawn.
         Returns image (B, 3, S, S) in (-1, 1); with return_rgb_styles also the list of ToRGB modulations (B, C).
@@ -123,12 +125,17 @@ class Generator(nn.Module):
                 raise ValueError(f"Generator: style has {style.shape[1]} dims, expected style_dim={self.style_dim}")
             latent = [style] * self.n_latent
         else:
+            if style.ndim != 3 or style.shape[1:] != (self.n_latent, self.style_dim):
+                raise ValueError(f"Generator: style must be (B, {self.style_dim}) or (B, {self.n_latent}, "
+                                 f"{self.style_dim}), got {tuple(style.shape)}")
             latent = [style[:, i] for i in range(self.n_latent)]
         b = style.shape[0]
         if spatial is None:
             out = self.input(b)
         else:
             exp = (b, self.spatial_channels, self.start_size, self.start_size)
+            if spatial.shape[0] == 1 and b > 1:
+                spatial = spatial.expand(b, -1, -1, -1)  # one appearance for the whole batch
             if tuple(spatial.shape) != exp:
                 raise ValueError(f"Generator: spatial input has shape {tuple(spatial.shape)}, expected {exp} "
                                  "(appearance encoder spatial_dim / start size must match the generator)")

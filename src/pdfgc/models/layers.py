@@ -20,6 +20,11 @@ DEFAULT_BLUR_KERNEL = (1, 3, 3, 1)
 NOISE_MODES = ("cached", "const", "none", "random")
 
 
+def _inplace_ok(t: torch.Tensor) -> bool:
+    """True when `t` may be modified in place without breaking autograd (no graph is being recorded for it)."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
+
+
 def make_kernel(k: Sequence[float]) -> torch.Tensor:
     """Separable FIR taps -> normalised 2-D kernel: outer(k, k) / sum, float32 (len(k), len(k))."""
     k = torch.as_tensor(list(k), dtype=torch.float32)
@@ -146,8 +151,10 @@ class ModulatedConv2d(nn.Module):
         if self.demodulate:
             # sum_{i,kh,kw} (W[o,i] s_i)^2 = sum_i s_i^2 * sum_{kh,kw} W[o,i]^2  -> (B, out)
             wsq = weight.pow(2).sum(dim=(2, 3))  # (out, in)
-            demod = torch.rsqrt(s.pow(2) @ wsq.t() + self.eps)
-            out = out * demod[:, :, None, None].to(out.dtype)
+            demod = torch.rsqrt(s.pow(2) @ wsq.t() + self.eps)[:, :, None, None].to(out.dtype)
+            # `out` is a fresh conv output: scaling it in place (when autograd does not need it) avoids a large
+            # allocation, whose page faults cost more than the multiplication itself on CPU
+            out = out.mul_(demod) if _inplace_ok(out) else out * demod
         if self.upsample:
             out = self.blur(out)  # blur is linear per channel, so demodulating before it is exact
         return out, s
@@ -190,23 +197,29 @@ class NoiseInjection(nn.Module):
         self.noise = None
 
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, mode: str = "cached",
-                rng: Optional[torch.Generator] = None) -> torch.Tensor:
+                rng: Optional[torch.Generator] = None, inplace: bool = False) -> torch.Tensor:
+        """x (B,C,H,W) -> x + weight * noise (broadcast over channels). `inplace` lets the caller that owns a
+        fresh `x` (StyledConv) skip an allocation when autograd is off."""
         b, _, h, w = x.shape
         if mode == "none":
             return x
         if mode == "const":
             if noise is None:
                 raise ValueError("NoiseInjection: noise_mode='const' needs the noise buffer")
-            return x + self.weight * noise.to(x.dtype)
-        if mode == "random":
+            n = noise
+        elif mode == "random":
             n = torch.randn(b, 1, h, w, generator=rng, device=rng.device if rng is not None else x.device)
-            return x + self.weight * n.to(device=x.device, dtype=x.dtype)
-        if mode != "cached":
+        elif mode == "cached":
+            if self.noise is None or tuple(self.noise.shape[-2:]) != (h, w):
+                dev = rng.device if rng is not None else x.device
+                self.noise = torch.randn(1, 1, h, w, generator=rng, device=dev)
+            n = self.noise
+        else:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {mode!r}")
-        if self.noise is None or tuple(self.noise.shape[-2:]) != (h, w):
-            dev = rng.device if rng is not None else x.device
-            self.noise = torch.randn(1, 1, h, w, generator=rng, device=dev)
-        return x + self.weight * self.noise.to(device=x.device, dtype=x.dtype)
+        n = self.weight.to(x.dtype) * n.to(device=x.device, dtype=x.dtype)  # (B or 1, 1, H, W): small
+        if inplace and _inplace_ok(x):
+            return x.add_(n)
+        return x + n
 
 
 class ConstantInput(nn.Module):
@@ -234,7 +247,7 @@ class StyledConv(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: Optional[torch.Tensor] = None,
                 noise_mode: str = "cached", rng: Optional[torch.Generator] = None) -> torch.Tensor:
         out, _ = self.conv(x, w)
-        out = self.noise(out, noise=noise, mode=noise_mode, rng=rng)
+        out = self.noise(out, noise=noise, mode=noise_mode, rng=rng, inplace=True)
         return self.activate(out)
 
 
@@ -254,6 +267,9 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: Optional[torch.Tensor] = None):
         out, s = self.conv(x, w)
+        if _inplace_ok(out):  # fresh conv output that autograd does not track: accumulate without new buffers
+            out = out.add_(self.bias)
+            return (out.add_(self.upsample(skip)) if skip is not None else out), s
         out = out + self.bias
         if skip is not None:
             out = out + self.upsample(skip)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdfgc.constants import EMO_DIM, EYE_DIM, IMAGE_SIZE, LIP_DIM, POSE_DIM, UNIFIED_MOTION_DIM
+
 
 class ConvBlock(nn.Module):
     """Pre-activation FAN block: three chained BN-ReLU-conv3x3 branches (out/2, out/4, out/4) concatenated,
@@ -113,17 +115,17 @@ class MotionEncoder(nn.Module):
 
     def __init__(
         self,
-        image_size: int = 224,
+        image_size: int = IMAGE_SIZE,
         stem: int = 64,                   # FAN stem width
         mid: int = 128,                   # FAN conv2/conv3 width
         features: int = 256,              # FAN hourglass width
         hourglass_depth: int = 4,         # 4 at 224 px (56 -> 3); use <= log2(S/4)-1
         n_landmarks: int = 68,
-        feature_dim: int = 512,           # unified motion feature (and head width)
-        lip_dim: int = 500,
-        pose_dim: int = 6,
-        eye_dim: int = 6,
-        emo_dim: int = 30,
+        feature_dim: int = UNIFIED_MOTION_DIM,  # unified motion feature (and head width)
+        lip_dim: int = LIP_DIM,
+        pose_dim: int = POSE_DIM,
+        eye_dim: int = EYE_DIM,
+        emo_dim: int = EMO_DIM,
     ):
         super().__init__()
         self.config = dict(image_size=image_size, stem=stem, mid=mid, features=features,

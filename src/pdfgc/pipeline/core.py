@@ -115,15 +115,9 @@ class Pipeline:
         audio_model.pth, generator_model.pth) or a pdfgc export (`PDFGCModels.save_pretrained`)."""
         from pdfgc.models.bundle import PDFGCModels
 
-        path = Path(path)
-        if not path.is_dir():
-            raise PipelineError(f"ckpt: {path} is not a folder; give the folder that holds the four released "
-                                "PD-FGC .pth files (appearance/motion/audio/generator_model.pth) or a pdfgc export")
         dev = resolve_device(device)
-        if any(path.glob("*.pth")):
-            models = PDFGCModels.from_official(path)
-        else:
-            models = PDFGCModels.from_pretrained(path)
+        # the format is detected by the loader; missing/corrupt files raise CheckpointError naming the file
+        models = PDFGCModels.from_pretrained(Path(path))
         return cls(models, device=dev, batch_size=batch_size, **kwargs)
 
     @property
@@ -235,8 +229,8 @@ class Pipeline:
         Args:
             source: (1,3,S,S) appearance image in [-1,1] (already reference-preprocessed).
             mel: (N,1,80,20) mel windows, one per output frame (`pdfgc.data.audio`).
-            pose, exp, eye: (L,3,S,S) driver frames in [-1,1], or None for a control that is off. Passing the same
-                tensor object for several drivers encodes it once.
+            pose, exp, eye: (L,3,S,S) driver frames in [-1,1], or None for a control that is off. Frames with
+                identical pixels (the same clip for several controls, repeated frames) are encoded once.
             controls: see `parse_controls`; default all on.
             drop_leading: drop the first two driver frames like the reference (SPEC 1.5).
             return_style: also return the (N, 2590) style vectors fed to the generator.
@@ -288,8 +282,8 @@ class Pipeline:
             bar = tqdm(total=n, desc="pdfgc generate", unit="frame", leave=False)
         t0 = time.perf_counter()
         images = []
-        # the generator caches its noise maps on its first run: draw them from a seeded CPU generator so that the
-        # output does not depend on the device or on earlier calls (reference seed, SPEC 1.10)
+        # "cached" noise maps are drawn once, on the generator's first run, and reused for every later frame (SPEC
+        # 1.10); drawing them from a seeded CPU generator makes them independent of the device and the global RNG
         rng = torch.Generator(device="cpu").manual_seed(int(self.seed))
         try:
             for i in range(0, n, self.batch_size):

@@ -37,6 +37,7 @@ class Driver:
     frames: np.ndarray
     key: str
     name: str
+    path: Path | None = None
 
 
 def _parse_aligned(aligned) -> str:
@@ -165,11 +166,15 @@ def load_driver(driver, what: str, aligned="auto", landmarks: str = "dlib", land
 
     `cache` (key -> Driver) lets the same file, given for several controls, be read, aligned and later encoded once.
     """
+    if cache is not None and isinstance(driver, (str, os.PathLike)):
+        hit = next((d for d in cache.values() if d.path == Path(driver).resolve()), None)
+        if hit is not None:  # same file for another control: no second decode/alignment
+            return hit
     frames, key, sequence = _read_raw(driver, what, first_only=False)
     if cache is not None and key in cache:
         return cache[key]
     out = Driver(prepare_frames(frames, _label(what, driver), sequence, aligned, landmarks, landmark_weights), key,
-                 what)
+                 what, Path(driver).resolve() if isinstance(driver, (str, os.PathLike)) else None)
     if cache is not None:
         cache[key] = out
     return out

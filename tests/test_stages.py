@@ -1,0 +1,211 @@
+"""Training stages composed from the real Hydra config (model=tiny, data=synthetic), run in-process.
+
+Independent expectations: parameters/BN statistics compared to copies taken before training; global_step
+compared to the hand-counted number of optimizer steps; EMA compared to its defining blend; exact resume compared
+to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def compose_cfg(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("train", overrides=[f"paths.output_dir={tmp_path}", "logger=none",
+                                           "trainer.enable_progress_bar=false",
+                                           "trainer.enable_model_summary=false", *overrides])
+
+
+def small(stage: str) -> list[str]:
+    """Small batches: the point is the wiring, not throughput."""
+    bs = {"motion": 2, "lip": 2, "pose": 4, "eye": 4, "emo": 2}[stage]
+    return [f"stage={stage}", f"stage.batch_size={bs}", "stage.log.sample_every=0", "stage.checkpoint.every=0"]
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: nn.Module) -> set[str]:
+    now = module.state_dict()
+    return {k for k, v in before.items() if v.dtype.is_floating_point and not torch.equal(v, now[k])}
+
+
+# ---------------------------------------------------------------------------------------------- every stage runs
+@pytest.mark.parametrize("stage", ["motion", "lip", "pose", "eye", "emo"])
+def test_stage_fast_dev_run_composes_from_real_config(tmp_path, stage):
+    from pdfgc.stages import STAGES
+    from pdfgc.training import run_stage
+
+    cfg = compose_cfg(tmp_path, *small(stage), "debug=fast_dev_run")
+    assert cfg.data.stage == stage and cfg.data.image_size == cfg.model.image_size  # one source of truth
+    r = run_stage(cfg)
+    m, trainer = r["module"], r["trainer"]
+    assert m.iteration == 1
+    gan = stage in ("motion", "emo")
+    assert trainer.global_step == (2 if gan else 1)
+    assert STAGES[stage].optimizer_steps(1, dict(cfg.stage)) == trainer.global_step
+    total = trainer.callback_metrics["total"]
+    assert torch.isfinite(total)
+    assert Path(r["last_ckpt"]).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- freezing
+FROZEN_EXPECTATIONS = {
+    # stage: (prefixes that must not change, prefixes that must change)
+    "lip": (("nets.motion.model.", "nets.motion.to_headpose.", "nets.motion.to_eye.", "nets.motion.to_emo."),
+            ("nets.motion.to_mouth.", "nets.motion.mouth_embed.", "nets.audio.")),
+    "pose": (("nets.motion.model.", "nets.motion.to_mouth.", "nets.motion.to_eye."),
+             ("nets.motion.to_headpose.", "nets.motion.headpose_embed.")),
+    "emo": (("nets.appearance.", "nets.audio.", "nets.motion.model.", "nets.motion.to_headpose.",
+             "nets.motion.to_eye.", "nets.motion.to_mouth.", "nets.motion.headpose_embed.", "nets.motion.eye_embed."),
+            ("nets.motion.to_emo.", "nets.motion.emo_embed.", "nets.generator.", "nets.discriminator.")),
+}
+
+
+@pytest.mark.parametrize("stage", ["lip", "pose", "emo"])
+def test_frozen_parts_keep_parameters_and_bn_statistics(tmp_path, stage):
+    import pytorch_lightning as pl
+
+    from pdfgc.training import build_module, run_stage
+
+    cfg = compose_cfg(tmp_path, *small(stage), "stage.iterations=2")
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    before = snapshot(build_module(cfg))  # same seed as run_stage -> the same initial weights
+    m = run_stage(cfg)["module"]
+    diff = changed(before, m)
+    frozen, trained = FROZEN_EXPECTATIONS[stage]
+    bad = sorted(k for k in diff if k.startswith(frozen))
+    assert not bad, f"frozen tensors changed: {bad[:5]}"
+    # BN running statistics of the frozen trunk are among the checked tensors
+    assert any("running_mean" in k and k.startswith(frozen) for k in before)
+    for prefix in trained:
+        assert any(k.startswith(prefix) for k in diff), f"nothing under {prefix} was trained"
+    # frozen modules stay in eval even after Lightning's train()
+    m.train()
+    for mod in m.frozen_modules():
+        assert not any(x.training for x in mod.modules())
+
+
+# ---------------------------------------------------------------------------------------------- counters, EMA
+def test_global_step_counts_optimizer_steps_with_lazy_r1(tmp_path):
+    from pdfgc.training import run_stage
+
+    # 3 iterations: G + D each (6) and a lazy-R1 D step at iterations 0 and 2 (interval 2) -> 8 optimizer steps
+    cfg = compose_cfg(tmp_path, *small("motion"), "stage.iterations=3", "stage.gan.r1_gamma=1.0",
+                      "stage.gan.r1_interval=2")
+    r = run_stage(cfg)
+    assert r["module"].iteration == 3
+    assert r["trainer"].global_step == 8
+    # the lazy-R1 rescaling of D's Adam (StyleGAN2): lr * c, betas ** c with c = 2/3
+    d_opt = r["module"].optimizers()[1].optimizer
+    c = 2 / 3
+    assert d_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * c)
+    assert d_opt.param_groups[0]["betas"][1] == pytest.approx(0.99 ** c)
+
+
+def test_ema_blend_and_half_life():
+    from pdfgc.stages.ema import EMA, ema_beta
+
+    assert ema_beta(32, 10**9, half_life_kimg=10, rampup=None) == pytest.approx(0.5 ** (32 / 10_000))
+    # after exactly one half-life worth of images the old average weighs 1/2, whatever the batch size
+    for bs in (4, 64):
+        steps = 10_000 // bs
+        assert ema_beta(bs, 10**9, 10, None) ** steps == pytest.approx(0.5, rel=1e-2)
+    assert ema_beta(8, 100, 10, rampup=0.05) == pytest.approx(0.5 ** (8 / 5.0))  # ramp-up caps the half-life
+    net = nn.Linear(2, 2)
+    ema = EMA(net, half_life_kimg=0.001, rampup=None)  # 1 image half-life
+    old = ema.shadow.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    beta = ema.update(net, batch_images=1, images_seen=1)
+    assert beta == pytest.approx(0.5)
+    assert torch.allclose(ema.shadow.weight, 0.5 * old + 0.5 * net.weight)
+
+
+def test_ema_generator_moves_toward_the_trained_generator(tmp_path):
+    import pytorch_lightning as pl
+
+    from pdfgc.training import build_module, run_stage
+
+    cfg = compose_cfg(tmp_path, *small("motion"), "stage.iterations=3", "stage.ema.half_life_kimg=0.01",
+                      "stage.ema.rampup=null")
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    g0 = torch.nn.utils.parameters_to_vector(build_module(cfg).nets["generator0"].parameters()).detach()
+    m = run_stage(cfg)["module"]
+    g = torch.nn.utils.parameters_to_vector(m.nets["generator0"].parameters()).detach()
+    e = torch.nn.utils.parameters_to_vector(m.ema.shadow.parameters()).detach()
+    assert (e - g0).norm() > 0
+    assert (e - g).norm() < (g0 - g).norm()
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+def test_resume_is_exact(tmp_path):
+    """4 iterations in one run == 2 iterations + resume from the periodic checkpoint + 2 iterations."""
+    from pdfgc.training import run_stage
+
+    # motion: GAN, dropout in the trainable FAN trunk, random noise, lazy R1 -> every RNG consumer is exercised
+    common = [*small("motion"), "stage.iterations=4", "stage.gan.r1_gamma=1.0", "stage.gan.r1_interval=3"]
+    a = run_stage(compose_cfg(tmp_path / "a", *common, "stage.checkpoint.every=2"))
+    mid = tmp_path / "a" / "checkpoints" / "iter_0000002.ckpt"
+    assert mid.is_file()
+    b = run_stage(compose_cfg(tmp_path / "b", *common, f"ckpt_path={mid}"))
+    assert b["module"].iteration == 4 and b["trainer"].global_step == a["trainer"].global_step
+    sa, sb = a["module"].state_dict(), b["module"].state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:  # networks, EMA generator, BN statistics, spectral-norm vectors
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6, rtol=0), k
+    for oa, ob in zip(a["module"].optimizers(), b["module"].optimizers()):
+        for pa, pb in zip(oa.optimizer.state.values(), ob.optimizer.state.values()):
+            assert torch.allclose(pa["exp_avg"], pb["exp_avg"], atol=1e-6, rtol=0)
+    # and the resumed run really started in the middle
+    assert not (tmp_path / "b" / "checkpoints" / "iter_0000002.ckpt").exists()
+
+
+def test_ckpt_path_of_another_stage_is_a_clear_error(tmp_path):
+    from pdfgc.training import run_stage
+
+    a = run_stage(compose_cfg(tmp_path / "a", *small("pose"), "stage.iterations=1"))
+    with pytest.raises(ValueError, match="init_from"):
+        run_stage(compose_cfg(tmp_path / "b", *small("eye"), "stage.iterations=2", f"ckpt_path={a['last_ckpt']}"))
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def test_zero_weight_skips_the_term_and_unknown_terms_are_errors(tmp_path):
+    from pdfgc.training import build_module
+
+    cfg = compose_cfg(tmp_path, *small("motion"), "stage.loss.weights.vgg=0")
+    m = build_module(cfg)
+    assert not m.on("vgg") and m.on("l1")
+    from pdfgc.data.datamodule import PDFGCDataModule  # noqa: F401  (data part present)
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    batch = dm.example_batch()
+    out = m.generate(batch)
+    terms = m.compute_losses(batch, out)
+    assert "vgg" not in terms and m.perceptual.net is None  # not even built
+    cfg = compose_cfg(tmp_path, *small("pose"), "+stage.loss.weights.bogus=1.0")
+    with pytest.raises(KeyError, match="bogus"):
+        build_module(cfg)
+
+
+def test_copy_overlapping_copies_leading_block():
+    from pdfgc.stages.base import copy_overlapping
+
+    dst = nn.Linear(5, 3)  # weight (3,5)
+    src = {"weight": torch.arange(12.0).view(3, 4), "bias": torch.tensor([7.0, 8.0, 9.0])}
+    init = dst.weight.detach().clone()
+    rep = copy_overlapping(dst, src)
+    assert rep == {"copied": ["bias"], "partial": ["weight"], "skipped": []}
+    assert torch.equal(dst.weight[:, :4], src["weight"]) and torch.equal(dst.weight[:, 4], init[:, 4])

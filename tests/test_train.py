@@ -1,0 +1,149 @@
+"""train(cfg) end to end: the progressive chain with export, checkpoint atomicity, the resumable sampler, the CLI,
+loggers, the overfit check (slow) and DDP on CPU/gloo (slow)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_stages import CONFIG_DIR, compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHAIN_SMALL = ["experiment=demo", "demo.enabled=false", "data.num_workers=0",
+               *[f"chain_stages.{s}.iterations=1" for s in ("motion", "lip", "pose", "eye", "emo")],
+               *[f"chain_stages.{s}.batch_size=2" for s in ("motion", "lip", "pose", "eye", "emo")],
+               *[f"chain_stages.{s}.log.sample_every=1" for s in ("motion", "emo")],
+               "chain_stages.emo.loss.bank_size=8"]
+
+
+def test_chain_init_from_carry_and_export(tmp_path):
+    from pdfgc.models.bundle import PDFGCModels
+    from pdfgc.stages import components_from_checkpoint
+    from pdfgc.training import train
+
+    cfg = compose_cfg(tmp_path, *CHAIN_SMALL, "logger=csv")
+    summary = train(cfg)
+    assert [s["stage"] for s in summary["stages"]] == ["motion", "lip", "pose", "eye", "emo"]
+    ck = {s["stage"]: torch.load(s["last_ckpt"], map_location="cpu", weights_only=False) for s in summary["stages"]}
+    comps = {k: components_from_checkpoint(v) for k, v in ck.items()}
+    # the lip stage does not build appearance / G0 / D but carries them forward for the emo stage
+    assert {"appearance", "generator0", "generator0_ema", "discriminator"} <= set(ck["lip"]["pdfgc"]["carried"])
+    # the motion trunk trained in stage 1 reaches stage 3 unchanged (frozen in between)
+    for k, v in comps["motion"]["motion"].items():
+        if k.startswith("model."):
+            assert torch.equal(v, comps["emo"]["motion"][k]), k
+    # the lip head trained in stage 2a is the one in the final model
+    assert torch.equal(comps["lip"]["motion"]["to_mouth.0.weight"], comps["emo"]["motion"]["to_mouth.0.weight"])
+    # the export holds the EMA generator and the encoders, loadable by the inference side
+    models = PDFGCModels.from_pretrained(summary["export"])
+    for k, v in models.generator.state_dict().items():
+        assert torch.equal(v, comps["emo"]["generator_ema"][k]), k
+    for k, v in models.audio.state_dict().items():
+        assert torch.equal(v, comps["emo"]["audio"][k]), k
+    # media written by the CSV logger: sample grid, swap grids and a short video of the emo stage
+    media = sorted(p.name for p in (tmp_path / "5_emo" / "csv" / "media").iterdir())
+    assert any(n.startswith("emo_swap_emo") and n.endswith(".png") for n in media)
+    assert any(n.startswith("emo_video") and n.endswith(".mp4") for n in media)
+    # the run config (resolved) and the ops backend are in the logger's hyper-parameters
+    hparams = (tmp_path / "1_motion" / "csv" / "hparams.yaml").read_text()
+    assert "ops_backend" in hparams and "stage: motion" in hparams
+
+
+def test_atomic_checkpoint_io_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    from pdfgc.training import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"a": torch.ones(3)}, path)
+    good = path.read_bytes()
+
+    def exploding_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"a": torch.zeros(3)}, path)
+    assert path.read_bytes() == good  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_resumable_sampler_positions_epochs_and_ranks():
+    from pdfgc.training import ResumableInfiniteSampler
+
+    s = ResumableInfiniteSampler(5, seed=1, mode="permute")
+    it = iter(s)
+    first = [next(it) for _ in range(15)]
+    for e in range(3):  # every epoch is a permutation of range(5)
+        assert sorted(first[5 * e: 5 * e + 5]) == [0, 1, 2, 3, 4]
+    assert first[:5] != first[5:10] or first[5:10] != first[10:15]  # epochs are reshuffled
+    resumed = iter(ResumableInfiniteSampler(5, seed=1, mode="permute", position=lambda: 7))
+    assert [next(resumed) for _ in range(8)] == first[7:15]
+    # two ranks partition the global stream: rank r takes samples r, r+2, r+4, ...
+    stream = ResumableInfiniteSampler(10**6, mode="stream")
+    r0 = [stream.index(p * 2 + 0) for p in range(4)]
+    r1 = [stream.index(p * 2 + 1) for p in range(4)]
+    assert r0 == [0, 2, 4, 6] and r1 == [1, 3, 5, 7]
+    lim = ResumableInfiniteSampler(10**6, mode="stream", limit=4)
+    assert [lim.index(g) for g in range(9)] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+
+
+def test_cli_prints_resolved_config():
+    out = subprocess.run([sys.executable, "train.py", "stage=lip", "--cfg", "job", "--resolve"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    data = text[text.index("\ndata:"):]
+    assert "  stage: lip" in data and "  image_size: 56" in data  # followed the stage and model choices
+
+
+def test_wandb_logger_goes_offline_without_a_key(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from pdfgc.training import run_stage
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_cfg(tmp_path, "stage=pose", "stage.batch_size=2", "stage.iterations=1", "logger=wandb")
+    run_stage(cfg)
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert list(tmp_path.rglob("offline-run-*")), "no offline wandb run directory was written"
+
+
+@pytest.mark.slow
+def test_overfit_four_samples_reconstruction_falls(tmp_path):
+    import csv
+
+    from pdfgc.training import run_stage
+
+    cfg = compose_cfg(tmp_path, "stage=motion", "debug=overfit", "stage.batch_size=4", "stage.iterations=80",
+                      "stage.log.sample_every=0", "stage.checkpoint.every=0", "logger=csv",
+                      "trainer.log_every_n_steps=1", "stage.loss.weights.vgg=0", "stage.optim.g.lr=2e-3",
+                      "stage.optim.d.lr=2e-3")
+    assert cfg.data_limit == 4
+    run_stage(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    l1 = [float(r["loss/l1"]) for r in rows if r.get("loss/l1")]
+    assert len(l1) >= 70
+    first, last = sum(l1[:10]) / 10, sum(l1[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gloo(tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "stage=pose", "trainer=ddp", "trainer.devices=2",
+                          "trainer.accelerator=cpu", "stage.iterations=3", "stage.batch_size=2", "logger=none",
+                          "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}",
+                          f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["pdfgc"]["iteration"] == 3
+    # each iteration saw 2 processes x 2 samples (the EMA / images-seen bookkeeping counts both ranks)
+    assert ck["pdfgc"]["images_seen"] == 3 * 2 * 2
