@@ -5,11 +5,12 @@ approach (issue 3 item 6).
     python benchmarks/bench_infer.py --frames 8 --batch-sizes 8 --device cuda
 
 Each configuration runs in its own subprocess so that its peak resident memory (`ru_maxrss`) is its own; the
-networks have random weights of the released architecture (`configs/model/pdfgc.yaml`), and the drivers are three
-different random clips as long as the audio (the worst case for our driver de-duplication: 3 images per frame,
-like the reference). "reference approach" = batch 8, grouped-convolution modulated convs (`conv_impl=grouped`),
-the plain-PyTorch ops (`PDFGC_OPS_IMPL=ref`), 3 driver images encoded per output frame in batch-sized slices, as
-`lib/inferencer.py` does (SPEC 1.5); ours = `Pipeline.generate`. Both produce the same frames (max |diff| printed).
+networks have random weights of the released architecture (`configs/model/pdfgc.yaml`); by default the drivers are
+three different random clips as long as the audio (the worst case for our driver de-duplication: 3 images per
+frame, like the reference; `--drivers static-exp|shared` for the common cases). "reference approach" = batch 8,
+grouped-convolution modulated convs (`conv_impl=grouped`), the plain-PyTorch ops (`PDFGC_OPS_IMPL=ref`), 3 driver
+images encoded per output frame in batch-sized slices, as `lib/inferencer.py` does (SPEC 1.5); ours =
+`Pipeline.generate`. Both produce the same frames (max |diff| printed).
 """
 from __future__ import annotations
 
@@ -27,18 +28,37 @@ from pathlib import Path
 NETS = ("appearance", "motion", "audio", "generator")
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _inputs(n: int, size: int, seed: int = 0):
+DRIVER_SCENARIOS = {
+    "distinct": "three different driver clips (3 images to encode per frame, our worst case)",
+    "static-exp": "different pose and eye clips, a static expression clip (one frame repeated, like the "
+                  "reference's shipped exp examples): 2 images per frame",
+    "shared": "one clip drives pose, expression and eyes: 1 image per frame",
+}
+
+
+def _inputs(n: int, size: int, drivers: str = "distinct", seed: int = 0):
     import torch
 
     g = torch.Generator().manual_seed(seed)
     src = torch.rand(1, 3, size, size, generator=g) * 2 - 1
     mel = torch.rand(n, 1, 80, 20, generator=g)
-    drivers = [torch.rand(n + 2, 3, size, size, generator=g) * 2 - 1 for _ in range(3)]  # pose, exp, eye
-    return src, mel, drivers
+    clips = [torch.rand(n + 2, 3, size, size, generator=g) * 2 - 1 for _ in range(3)]  # pose, exp, eye
+    if drivers == "static-exp":
+        clips[1] = clips[1][:1].expand(n + 2, -1, -1, -1).clone()
+    elif drivers == "shared":
+        clips = [clips[0]] * 3
+    elif drivers != "distinct":
+        raise ValueError(f"--drivers must be one of {sorted(DRIVER_SCENARIOS)}, got {drivers!r}")
+    return src, mel, clips
 
 
 def _build(approach: str, model: str):
@@ -108,7 +128,7 @@ def worker(args) -> dict:
     models = _build(args.approach, args.model).to(device)
     rss_model = _rss_mib()
     size = models.image_size
-    src, mel, (pose, exp, eye) = _inputs(args.frames, size)
+    src, mel, (pose, exp, eye) = _inputs(args.frames, size, args.drivers)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
@@ -116,16 +136,16 @@ def worker(args) -> dict:
         if args.approach == "reference":
             # warm-up: one frame (draws the cached noise maps; allocator warm-up)
             reference_generate(models, src, mel[:1], pose[:3], exp[:3], eye[:3], 8, device, {})
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu_s()
             out = reference_generate(models, src, mel, pose, exp, eye, 8, device, timings)
-            total = time.perf_counter() - t
+            total, cpu = time.perf_counter() - t, _cpu_s() - c
             encoded = 3 * args.frames
         else:
             pipe = Pipeline(models, device=device, batch_size=args.batch_size)
             pipe.generate(src, mel[:1], pose[:3], exp[:3], eye[:3], controls=["all"])
-            t = time.perf_counter()
+            t, c = time.perf_counter(), _cpu_s()
             out = pipe.generate(src, mel, pose, exp, eye, controls=["all"])
-            total = time.perf_counter() - t
+            total, cpu = time.perf_counter() - t, _cpu_s() - c
             timings = {k: pipe.last_timings.get(k, 0.0) for k in NETS}
             encoded = pipe.last_encoded
     if args.save:
@@ -134,6 +154,7 @@ def worker(args) -> dict:
         np.save(args.save, out.numpy())
     res = dict(approach=args.approach, batch=args.batch_size if args.approach == "ours" else 8,
                frames=args.frames, total_s=total, fps=args.frames / total, encoded=encoded,
+               cpu_s_per_frame=cpu / args.frames,
                per_frame={k: timings.get(k, 0.0) / args.frames for k in NETS},
                rss_start_mib=rss0, rss_model_mib=rss_model, rss_peak_mib=_rss_mib(), threads=args.threads,
                device=str(device))
@@ -150,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="pdfgc", help="model config name (pdfgc = released architecture)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference-approach run")
+    ap.add_argument("--drivers", default="distinct", choices=sorted(DRIVER_SCENARIOS),
+                    help="driver scenario for our runs (the reference approach always encodes 3 images per frame)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     # internal: one configuration in this process
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -171,7 +194,7 @@ def main(argv=None) -> int:
         save = tmp / f"{approach}_{bs}.npy"
         cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--batch-size", str(bs),
                "--frames", str(args.frames), "--threads", str(args.threads), "--device", args.device,
-               "--model", args.model, "--save", str(save)]
+               "--model", args.model, "--save", str(save), "--drivers", args.drivers]
         print(f"running {approach} batch {bs} ...", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
@@ -183,18 +206,21 @@ def main(argv=None) -> int:
         results.append(r)
 
     print(f"\nPD-FGC inference, {args.model} model ({results[0]['device']}, {args.threads} threads, "
-          f"{args.frames} frames, random weights, 3 different driver clips)\n")
-    head = ("| approach | batch | frames/s | s/frame | appearance | motion | audio | generator | driver images "
-            "encoded | peak RSS MiB | RSS over model MiB |")
+          f"{args.frames} frames, random weights; drivers: {DRIVER_SCENARIOS[args.drivers]})\n")
+    head = ("| approach | batch | frames/s | s/frame | CPU s/frame | appearance | motion | audio | generator | "
+            "driver images encoded | peak RSS MiB | RSS over model MiB |")
     print(head)
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     for r in results:
         pf = r["per_frame"]
-        print(f"| {r['approach']} | {r['batch']} | {r['fps']:.3f} | {1 / r['fps']:.3f} | {pf['appearance']:.3f} | "
+        print(f"| {r['approach']} | {r['batch']} | {r['fps']:.3f} | {1 / r['fps']:.3f} | "
+              f"{r['cpu_s_per_frame']:.3f} | {pf['appearance']:.3f} | "
               f"{pf['motion']:.3f} | {pf['audio']:.3f} | {pf['generator']:.3f} | {r['encoded']} | "
               f"{r['rss_peak_mib']:.0f} | {r['rss_peak_mib'] - r['rss_model_mib']:.0f} |"
               + (f" cuda peak {r['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in r else ""))
-    print("\n(per-network columns: seconds per output frame; the appearance encoder runs once per video)")
+    print("\n(per-network columns: wall seconds per output frame; the appearance encoder runs once per video. "
+          "CPU s/frame = user+system CPU time of the process: on a machine shared with other jobs it is a steadier "
+          "measure than wall time)")
     ref = next((r for r in results if r["approach"] == "reference"), None)
     if ref is not None:
         import numpy as np
@@ -203,7 +229,8 @@ def main(argv=None) -> int:
         for r in results:
             if r["approach"] == "ours":
                 diff = float(np.abs(np.load(r["save"]) - ref_out).max())
-                print(f"ours batch {r['batch']}: {r['fps'] / ref['fps']:.2f}x the reference approach's frames/s; "
+                print(f"ours batch {r['batch']}: {r['fps'] / ref['fps']:.2f}x the reference approach's frames/s "
+                      f"({ref['cpu_s_per_frame'] / r['cpu_s_per_frame']:.2f}x by CPU time); "
                       f"max |output difference| {diff:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -4,8 +4,8 @@
 
 Prints one markdown table: for each op and shape, the median time (ms) of the forward pass and of forward +
 backward per implementation, and the speed-up over "ref" (ref time / impl time; > 1 means faster). "auto" is what
-the dispatcher picks. All implementations are timed interleaved in one process, after warm-up, so that the
-allocator and the machine's load affect them alike. Shapes:
+the dispatcher picks. With one thread the clock is the process's CPU time (robust on a shared machine), else wall
+time. Implementations are timed interleaved, in a rotating order, after warm-up. Shapes:
   * fused_leaky_relu: (8, C, S, S) with bias (1, C, 1, 1), C per resolution S: 512 @ 7..56, 256 @ 112, 128 @ 224;
   * upfirdn2d Blur after the stride-2 transposed modulated conv: (8, C, 2S+1, 2S+1), kernel [1,3,3,1]^2/64*4,
     pad (1, 1) -> S' = 2S;
@@ -65,18 +65,21 @@ def cases(batch: int, quick: bool):
     return out
 
 
-def _time(fn, reps: int) -> list[float]:
+def _time(fn, reps: int, clock) -> list[float]:
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return ts
 
 
 def run(threads: int = 1, reps: int = 5, batch: int = 8, quick: bool = False) -> str:
     """Run the benchmark and return the markdown table (also printed by main)."""
     torch.set_num_threads(threads)
+    # One thread: the process's CPU time (user + system, so page faults count), which a shared machine's load
+    # barely disturbs; several threads: wall-clock time.
+    clock, clock_name = (time.process_time, "CPU time") if threads == 1 else (time.perf_counter, "wall time")
     import pdfgc_ops
 
     impls = ["ref"]
@@ -90,7 +93,7 @@ def run(threads: int = 1, reps: int = 5, batch: int = 8, quick: bool = False) ->
             print(f"# cpu implementation unavailable: {exc}")
     impls.append("auto")
     lines = [
-        f"torch {torch.__version__}, {threads} thread(s), batch {batch}, median of {reps} (ms); "
+        f"torch {torch.__version__}, {threads} thread(s), batch {batch}, median {clock_name} of {reps} runs (ms); "
         "speed-up = ref / impl",
         "",
         "| op | input | mode | " + " | ".join(f"{i} ms" for i in impls) + " | "
@@ -118,9 +121,9 @@ def run(threads: int = 1, reps: int = 5, batch: int = 8, quick: bool = False) ->
                 step(impl)
                 step(impl)
             times = {i: [] for i in impls}
-            for _ in range(reps):  # interleaved so that load changes hit every implementation alike
-                for impl in impls:
-                    times[impl] += _time(lambda: step(impl), 1)
+            for r in range(reps):  # interleaved, order rotated: load changes and allocator state hit all alike
+                for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
+                    times[impl] += _time(lambda: step(impl), 1, clock)
             med = {i: statistics.median(v) * 1e3 for i, v in times.items()}
             key = "fused_leaky_relu" if op == "fused_leaky_relu" else "upfirdn2d"
             step("auto")

@@ -2,5 +2,6 @@
 
 Run `python -m preprocess --help` from the repository root; see preprocess/README.md and docs/preprocess.md.
 Modules: `cli` (arguments), `run` (discovery, sharding, workers, resume, report), `clip` (one clip end to end),
-`factors` (pose / eye / mouth estimates from landmarks), `store` (file formats), `bench` (throughput figure).
+`factors` (pose / eye / mouth estimates from landmarks), `store` (file formats), `pack` (tar shards),
+`bench` (throughput figure).
 """

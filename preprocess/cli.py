@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of frames without a detected face that may be interpolated (default 0.1)")
     p.add_argument("--detect-every", type=int, default=1,
                    help="run the dlib face detector every k-th frame, re-fitting landmarks in between (faster)")
+    p.add_argument("--several-faces", default="skip", choices=["skip", "largest"],
+                   help="clips where a frame shows several faces: skip them (default) or follow the largest face")
     p.add_argument("--smooth", type=float, default=1.0, help="temporal landmark smoothing sigma in frames (0 = off)")
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--image-size", type=int, default=224, help="aligned crop size (224 = the reference)")
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
         return 0
     opts = ClipOptions(backend=args.backend, min_frames=args.min_frames, max_frames=args.max_frames,
                        max_missing=args.max_missing, detect_every=args.detect_every, smooth_sigma=args.smooth,
+                       several_faces=args.several_faces,
                        jpeg_quality=args.jpeg_quality, image_size=args.image_size)
     if args.backend == "dlib":
         bk = {"predictor_path": args.dlib_model, "upsample": args.upsample}

@@ -32,6 +32,7 @@ class ClipOptions:
     max_missing: float = 0.1  # fraction of frames without a detected face that are interpolated instead of skipping
     detect_every: int = 1  # run the face detector every k-th frame (dlib: landmarks re-fit in between)
     smooth_sigma: float = 1.0  # temporal Gaussian smoothing of the landmarks, in frames (0 = off)
+    several_faces: str = "skip"  # a clip where a frame shows several faces: skip it, or follow the "largest" face
     jpeg_quality: int = 95
     image_size: int = IMAGE_SIZE
 
@@ -107,7 +108,8 @@ def build_clip(src: Path, backend, opts: ClipOptions, timings: dict | None = Non
     t0 = _timed(timings, "audio", t0)
 
     try:
-        lm_src, found = track_video(backend, frames, multiple="error", max_missing=opts.max_missing,
+        multiple = "largest" if opts.several_faces == "largest" else "error"
+        lm_src, found = track_video(backend, frames, multiple=multiple, max_missing=opts.max_missing,
                                     detect_every=opts.detect_every, name=str(src))
     except MultipleFacesError as e:
         raise ClipSkipped("several_faces", str(e)) from e
@@ -137,8 +139,8 @@ def build_clip(src: Path, backend, opts: ClipOptions, timings: dict | None = Non
         **{k: v.astype(np.float32) for k, v in fac.items()},
     }
     _timed(timings, "encode", t0)
-    summary = {"num_frames": int(n), "image_size": int(opts.image_size), "num_mel": int(len(mel)), "seconds": round(n / FPS, 3),
-               "interpolated": int((~found).sum()), "audio_from": audio_from}
+    summary = {"num_frames": int(n), "image_size": int(opts.image_size), "num_mel": int(len(mel)),
+               "seconds": round(n / FPS, 3), "interpolated": int((~found).sum()), "audio_from": audio_from}
     return arrays, summary
 
 

@@ -101,8 +101,57 @@ def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_di
 
 def _work(task: ClipTask) -> dict:
     a = _WORKER_ARGS
+    if os.environ.get("PDFGC_PREPROCESS_CRASH_KEY") == task.key:  # test aid: simulate a native crash / OOM kill
+        os._exit(70)
     rel = os.path.relpath(task.src, a["input_dir"])
     return process_clip(task.src, task.key, task.identity, a["out_dir"], _BACKEND, a["opts"], rel_src=rel)
+
+
+def _run_parallel(cfg, todo: list[ClipTask], out: str, input_dir: str, consume) -> None:
+    """Process `todo` in `cfg.workers` spawned processes, at most 2 clips in flight per worker.
+
+    A worker that dies (segfault in a native library, out-of-memory kill) breaks the pool. The clips that were in
+    flight are then re-run one at a time in a one-process pool, so that only the clip that really kills its worker is
+    recorded as failed ("worker_crashed", retried by --retry-failed); a fresh pool continues with the rest.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # no forked torch/dlib state; same behaviour on every OS
+    initargs = (cfg.opts, cfg.backend_kwargs, out, input_dir)
+    queue = list(reversed(todo))
+    suspects: list[ClipTask] = []
+    while queue or suspects:
+        if suspects:
+            t = suspects.pop()
+            ex = ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+            try:
+                consume(ex.submit(_work, t).result())
+            except BrokenProcessPool as e:
+                consume({"key": t.key, "identity": t.identity, "src": os.path.relpath(t.src, input_dir),
+                         "backend": cfg.opts.backend, "status": "failed", "reason": "worker_crashed",
+                         "detail": f"the worker process died on this clip ({e}); it may be too long for the "
+                                   "memory (see --max-frames) or crash a native library"})
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
+            continue
+        ex = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
+        inflight: dict = {}
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < 2 * cfg.workers:
+                    t = queue.pop()
+                    inflight[ex.submit(_work, t)] = t
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec = fut.result()  # BrokenProcessPool surfaces here (the clip stays in `inflight`)
+                    inflight.pop(fut)
+                    consume(rec)
+        except BrokenProcessPool:
+            suspects.extend(sorted(inflight.values(), key=lambda t: t.key, reverse=True))
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -144,15 +193,21 @@ def pending_tasks(tasks: list[ClipTask], out_dir, retry_failed: bool) -> tuple[l
     return todo, done
 
 
-def _cleanup_temp(out_dir: Path) -> int:
-    # temp files of clips that were in flight when a previous run was killed
+STALE_TEMP_S = 3600.0  # temp files older than this are leftovers of a killed run (never in flight)
+
+
+def _cleanup_temp(out_dir: Path, older_than_s: float = STALE_TEMP_S) -> int:
+    # temp files of clips that were in flight when a previous run was killed. Only old ones: other machines of a
+    # sharded run may be writing into the same folder right now.
     n = 0
     clips = out_dir / store.CLIPS_DIR
+    now = time.time()
     if clips.is_dir():
         for p in clips.rglob(".tmp_*"):
             try:
-                p.unlink()
-                n += 1
+                if now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    n += 1
             except OSError:
                 pass
     return n
@@ -201,13 +256,7 @@ def run(cfg: RunConfig) -> dict:
             for t in todo:
                 consume(_work(t))
         else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")  # no forked torch/dlib state; same behaviour on every OS
-            with ctx.Pool(cfg.workers, initializer=_init_worker,
-                          initargs=(cfg.opts, cfg.backend_kwargs, str(out), input_dir)) as pool:
-                for rec in pool.imap_unordered(_work, todo, chunksize=1):
-                    consume(rec)
+            _run_parallel(cfg, todo, str(out), input_dir, consume)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0

@@ -79,7 +79,11 @@ def test_export_round_trip_and_cli(official_dir, tmp_path):
     # CLI: official -> export, and export -> official (auto-detected direction)
     assert convert_main([str(official_dir), str(tmp_path / "cli_export")]) == 0
     assert convert_main([str(tmp_path / "cli_export"), str(tmp_path / "cli_official")]) == 0
-    _assert_same(m, PDFGCModels.from_pretrained(tmp_path / "cli_official"))
+    back = PDFGCModels.from_pretrained(tmp_path / "cli_official")
+    _assert_same(m, back)
+    sd = torch.load(official_dir / "appearance_model.pth", weights_only=True)  # conversion is lossless
+    assert torch.equal(torch.load(tmp_path / "cli_official" / "appearance_model.pth", weights_only=True)["fc.weight"],
+                       sd["fc.weight"])
     assert convert_main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
 
 

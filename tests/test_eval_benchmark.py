@@ -37,14 +37,14 @@ def tiny_models():
 
 def test_estimator_recovers_factors_on_held_out_identities(estimator):
     m = estimator.metrics
-    # stated accuracy of this small (250-step) estimator on natural frames of unseen identities:
-    # head rotation within 5 degrees MAE and most of its variance explained; mouth and eye openness clearly
-    # above chance (R^2 > 0 means better than predicting the mean). Gaze and emotion need the longer CLI budget.
+    # stated accuracy of this small (250-step, ~30 s) estimator on renders of unseen identities: head rotation
+    # within 5 degrees MAE (chance: ~8 degrees) with most of its variance explained, mouth shape clearly above
+    # chance (R^2 > 0 = better than predicting the mean). Gaze, blink and emotion need the CLI's longer budget.
     assert m["num_frames"] == 320
     assert m["pose_deg_mae"] < 5.0
     assert m["r2"]["pose"] > 0.5
-    assert m["r2"]["mouth"] > 0.15
-    assert m["r2"]["eye_open"] > 0.0
+    assert m["r2"]["mouth"] > 0.2
+    assert m["natural"]["r2"]["pose"] > 0.5  # natural (not re-rendered) test frames too
 
 
 def test_estimator_cache_round_trip(estimator, tmp_path):
@@ -120,7 +120,7 @@ def test_videos_cli_identical_and_different(tmp_path, capsys):
     write_video(pred / "b.mp4", src.frames(2, range(12)))  # another identity
     write_video(pred / "unmatched.mp4", src.frames(3, range(12)))
     assert main(["videos", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "rep"),
-                 "--no-lmd"]) == 0
+                 "--no-lmd", "--stride", "4"]) == 0
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert data["num_videos"] == 2
     a, b = data["videos"]

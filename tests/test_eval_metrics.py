@@ -163,3 +163,15 @@ def test_mfcc_framing_and_filterbank():
     # hand-computed: 27 equal mel steps of 2840.02/27 = 105.19 mel; filter 0 peaks at 68.5 Hz -> bin
     # floor(513*68.5/16000) = 2; filter 25 peaks at 7226 Hz -> bin 231
     assert np.argmax(fb[0]) == 2 and np.argmax(fb[25]) == 231
+
+
+def test_lmd_from_dlib_landmarks_of_a_shifted_real_face():
+    from skimage.data import astronaut
+
+    face = np.ascontiguousarray(astronaut()[0:256, 96:352])
+    shifted = np.zeros_like(face)
+    shifted[4:, 3:] = face[:-4, :-3]  # image content moves 3 px right, 4 px down: every landmark by 5 px
+    lm = metrics.detect_landmarks(np.stack([face, shifted]), "dlib")
+    assert np.isfinite(lm).all()
+    assert metrics.lmd(lm[1:], lm[:1]) == pytest.approx(5.0, abs=0.6)
+    assert metrics.mouth_lmd(lm[1:], lm[:1]) == pytest.approx(5.0, abs=0.8)

@@ -117,6 +117,23 @@ def test_modulated_conv_shared_weight_path_equals_per_sample_oracle(upsample, de
     torch.testing.assert_close(out_g, ref, rtol=1e-10, atol=1e-10)
 
 
+def test_resampling_filters_are_the_reference_ones():
+    from pdfgc.models.layers import Upsample
+
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    k4 = torch.outer(taps, taps) / 64 * 4
+    up = Upsample((1, 3, 3, 1))
+    assert up.pad == (2, 1) and torch.allclose(up.kernel, k4)  # SPEC 2.5: ToRGB skip, up 2, pad (2,1)
+    conv = ModulatedConv2d(2, 2, 3, 4, upsample=True)
+    assert conv.blur.pad == (1, 1) and torch.allclose(conv.blur.kernel, k4)
+    # oracle for the skip upsampling: zero insertion, pad (2,1), true convolution with the x4 kernel
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    z = torch.zeros(1, 2, 10, 10, dtype=torch.float64)
+    z[:, :, ::2, ::2] = x
+    ref = F.conv2d(F.pad(z, (2, 1, 2, 1)), k4.double().flip(0, 1).expand(2, 1, 4, 4).contiguous(), groups=2)
+    torch.testing.assert_close(up.double()(x), ref)
+
+
 def _tiny_generator(size, **kw):
     return Generator(image_size=size, style_dim=16, channel_multiplier=1, channel_base=4, channel_max=8, **kw).eval()
 
@@ -336,3 +353,17 @@ def test_constructor_defaults_are_the_released_architecture():
 def test_unknown_model_config_name():
     with pytest.raises(FileNotFoundError, match="available names: \\['pdfgc', 'tiny'\\]"):
         load_model_config("huge")
+
+
+@pytest.mark.cuda
+def test_generator_on_cuda_fused_equals_grouped_and_keeps_noise_on_device():
+    g = _with_noise_weights(_tiny_generator(56)).cuda()
+    style, spatial = torch.randn(4, 16, device="cuda"), torch.randn(4, 8, 7, 7, device="cuda")
+    with torch.no_grad():
+        a = g(style, spatial)
+        assert all(n.noise.device.type == "cuda" for n in g.noise_layers())
+        for mod in g.modules():
+            if isinstance(mod, ModulatedConv2d):
+                mod.impl = "grouped"
+        b = g(style, spatial)
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

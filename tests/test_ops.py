@@ -287,10 +287,14 @@ def test_fused_leaky_relu_noncontiguous_and_channels_last(impl):
     tr = base.transpose(2, 3).contiguous().transpose(2, 3)
     np.testing.assert_allclose(pdfgc_ops.fused_leaky_relu(tr, bias, impl=impl).numpy(), want, rtol=1e-14, atol=1e-14)
     # gradient through channels_last input matches the oracle derivative
-    xg = cl.clone().requires_grad_(True)
-    pdfgc_ops.fused_leaky_relu(xg, bias, impl=impl).backward(torch.ones_like(base))
     z = base.numpy() + bias.reshape(1, -1, 1, 1).numpy()
-    np.testing.assert_allclose(xg.grad.numpy(), np.where(z >= 0, 1.0, 0.2) * math.sqrt(2), rtol=1e-14)
+    dz = np.where(z >= 0, 1.0, 0.2) * math.sqrt(2)
+    for x_in in (cl, base):  # channels_last and contiguous take different bias-gradient paths
+        xg = x_in.clone().requires_grad_(True)
+        bg = bias.clone().requires_grad_(True)
+        pdfgc_ops.fused_leaky_relu(xg, bg, impl=impl).backward(torch.ones_like(base))
+        np.testing.assert_allclose(xg.grad.numpy(), dz, rtol=1e-14)
+        np.testing.assert_allclose(bg.grad.numpy(), dz.sum(axis=(0, 2, 3)).reshape(1, -1, 1, 1), rtol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4, 5)])

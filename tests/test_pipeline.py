@@ -2,12 +2,11 @@
 the style vector fed to the generator can be predicted by hand (SPEC 1.5-1.8)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pdfgc.constants import APP_DIM, EMO_DIM, EYE_DIM, LIP_DIM, POSE_DIM, STYLE_DIM
+from pdfgc.constants import APP_DIM, EMO_DIM, EYE_DIM, LIP_DIM, STYLE_DIM
 from pdfgc.pipeline import Pipeline, PipelineError
 
 S = 16

@@ -273,12 +273,16 @@ def test_kill_and_resume_gives_the_uninterrupted_output(video_tree, reference_ru
     tmp = out / "clips" / "id00003" / "vidC" / ".tmp_abc.npz"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(b"partial")
+    os.utime(tmp, (time.time() - 7200, time.time() - 7200))  # stale (a fresh one could belong to another machine)
+    fresh = tmp.with_name(".tmp_other_machine.npz")
+    fresh.write_bytes(b"in flight elsewhere")
     done_before = part.read_text().count("\n")
     if killed:  # (on a very fast machine the run may finish before the kill: then this is a plain rerun)
         assert done_before < len(EXPECTED)
     res = _run(video_tree, out)
     assert f"already finished {done_before}" in res.stderr
-    assert not tmp.exists()
+    assert not tmp.exists() and fresh.exists()
+    fresh.unlink()
     assert _snapshot(out) == _snapshot(ref_out)
     # a third run has nothing to do and changes nothing
     res = _run(video_tree, out)
@@ -313,3 +317,16 @@ def test_output_loads_through_vox2source_and_the_datamodule(reference_run):
                               window=3 if stage == "emo" else None) == 2
         if stage == "pose":
             assert np.isfinite(batch["pose"].numpy()).all()
+
+
+@pytest.mark.slow
+def test_a_crashing_worker_costs_only_its_own_clip(video_tree, tmp_path):
+    # the test aid PDFGC_PREPROCESS_CRASH_KEY makes the worker holding that clip die (as a segfault / OOM kill would)
+    out = tmp_path / "out"
+    env = {**_env(), "PDFGC_PREPROCESS_CRASH_KEY": "id00002/vidB/00001"}
+    res = subprocess.run(_cmd(video_tree, out, "--workers", "2"), cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = {r["key"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    expected = dict(EXPECTED, **{"id00002/vidB/00001": ("failed", "worker_crashed")})
+    assert {k: (r["status"], r["reason"]) for k, r in recs.items()} == expected

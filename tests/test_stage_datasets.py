@@ -227,3 +227,25 @@ def test_any_clip_source_without_ground_truth(stage):
     if stage == "eye":
         assert torch.isnan(b["eye_open"]).all()
         assert np.allclose(b["paste_box"][0].numpy(), [0.28, 0.17, 0.72, 0.37])  # template box + margins
+
+
+def test_eye_negative_is_the_most_different_candidate(sources):
+    src = sources[56]
+    hard = EyeDataset(src, length=4, seed=3, negative_candidates=6)
+    plain = EyeDataset(src, length=4, seed=3, negative_candidates=1)
+    d_hard, d_plain = [], []
+    for i in range(40):
+        for ds, out in ((hard, d_hard), (plain, d_plain)):
+            s = ds[i]
+            state = lambda o, g: np.concatenate([o.numpy(), g.numpy()])  # noqa: E731
+            out.append(np.abs(state(s["gt_neg_eye_open"], s["gt_neg_gaze"]) - state(s["eye_open"], s["gaze"])).sum())
+    # the hard negative's eye state is on average farther from P's than a random frame's
+    assert np.mean(d_hard) > np.mean(d_plain) + 0.1, (np.mean(d_hard), np.mean(d_plain))
+    # and it is the farthest of its candidates: recompute the choice by hand for one sample
+    rng = np.random.default_rng([3, 7])
+    i = int(rng.integers(len(src)))
+    picks = rng.choice(np.arange(0, src.num_frames(i)), size=8, replace=False)
+    f = src.factors(i, picks)
+    state = np.concatenate([f["eye_open"], f["gaze"]], 1).astype(np.float64)
+    expected = picks[2 + np.argmax(np.abs(state[2:] - state[1]).sum(1))]
+    assert hard[7]["frame_idx"].tolist() == [picks[0], picks[1], expected]

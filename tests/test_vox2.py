@@ -158,3 +158,32 @@ def test_vox2_config_builds_the_datamodule(dataset):
     s = int(cfg.model.image_size)
     assert validate_batch("pose", batch, s) == 2
     assert Path(dm.train_source.root) == dataset and len(dm.train_source) == 3
+
+
+def test_tar_shards_serve_the_same_clips(dataset, tmp_path):
+    import shutil
+    import tarfile
+
+    from preprocess import pack
+
+    root = tmp_path / "packed"
+    shutil.copytree(dataset, root)
+    (root / "manifest.jsonl").unlink(missing_ok=True)
+    loose = Vox2Source(root, split="all")
+    want = [loose.frames(i, [0, 3]) for i in range(len(loose))]
+    res = pack.pack(root, clips_per_shard=3, remove_clips=True)
+    assert res == {"clips": 4, "shards": 2, "written": 2, "kept": 0, "removed": 4}
+    assert not list((root / "clips").rglob("*.npz"))
+    # a standard tar: members are the clip files in key order
+    with tarfile.open(root / "shards" / "shard-00000.tar") as tf:
+        assert tf.getnames() == ["id00007/a/00001.npz", "id00007/a/00002.npz", "id00009/b/00001.npz"]
+    packed = Vox2Source(root, split="all")
+    for i in range(len(packed)):
+        np.testing.assert_array_equal(packed.frames(i, [0, 3]), want[i])
+    check_source(packed)
+    # packing again keeps the finished shards (resumable) and gives the same bytes
+    before = (root / "shards" / "shard-00001.tar").read_bytes()
+    (root / "shards" / "index.jsonl").unlink()
+    again = pack.pack(root, clips_per_shard=3)
+    assert again["kept"] == 2 and (root / "shards" / "shard-00001.tar").read_bytes() == before
+    assert len((root / "shards" / "index.jsonl").read_text().splitlines()) == 4

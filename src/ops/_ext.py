@@ -46,7 +46,18 @@ def build_flags(name: str) -> dict:
 
 
 def _build(name: str) -> object:
-    from torch.utils import cpp_extension  # heavy import (setuptools): only when a build is needed
+    import logging
+
+    # heavy import (setuptools), only when a build is needed; its import-time "No CUDA runtime is found" notice is
+    # noise for CPU builds, so it is silenced for that one import
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    if not name.endswith("_cuda"):
+        log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
 
     sources = [str(CSRC / s) for s in EXTENSIONS[name]]
     missing = [s for s in sources if not os.path.isfile(s)]

@@ -38,7 +38,10 @@ class UpFirDn2d(torch.autograd.Function):
         gx = None
         if ctx.needs_input_grad[0]:
             q = adjoint_params(ctx.p, ctx.in_hw[0], ctx.in_hw[1], kernel.shape[0], kernel.shape[1])
-            gx = UpFirDn2d.apply(gy, kernel.flip([0, 1]), q, ctx.backend)
+            if torch.is_grad_enabled():  # create_graph=True: keep it differentiable (any order)
+                gx = UpFirDn2d.apply(gy, kernel.flip([0, 1]), q, ctx.backend)
+            else:
+                gx = _ext.get(_UPFIRDN_EXT[ctx.backend]).upfirdn2d(gy, kernel.flip([0, 1]), *q)
         return gx, None, None, None
 
 
@@ -79,12 +82,23 @@ class FusedLeakyReLUFn(torch.autograd.Function):
         (sign_ref,) = ctx.saved_tensors
         need_x, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gz = gb = None
-        if need_x or need_b:
+        if not (need_x or need_b):
+            return None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: build a differentiable graph (higher-order gradients)
             gz = MaskedScale.apply(gy, sign_ref.detach(), ctx.slope, ctx.scale, ctx.backend)
+        else:  # plain backward: call the kernels directly, and get the bias gradient from the same pass
+            ops = _ext.get(_ACT_EXT[ctx.backend])
+            if sign_ref.dtype == torch.bool:
+                gz = ops.fused_lrelu_grad(gy, sign_ref, ctx.slope, ctx.scale)
+            elif need_b:
+                gz, gb = ops.fused_lrelu_grad_out_bias(gy, sign_ref, ctx.slope, ctx.scale)
+            else:
+                gz = ops.fused_lrelu_grad_out(gy, sign_ref, ctx.slope, ctx.scale)
+        shape, dtype = ctx.bias_meta if need_b else (None, None)
+        if need_b and gb is None:
+            gb = gz.sum([0] + list(range(2, gz.ndim)))
         if need_b:
-            dims = [0] + list(range(2, gz.ndim))
-            shape, dtype = ctx.bias_meta
-            gb = gz.sum(dims).reshape(shape).to(dtype)
+            gb = gb.reshape(shape).to(dtype)
         return (gz if need_x else None), gb, None, None, None
 
 

@@ -267,6 +267,7 @@ def run_stage(cfg) -> dict:
     """Train one stage as configured; returns {"stage", "last_ckpt", "module", "seconds", "iterations"}."""
     from hydra.utils import instantiate
 
+    _quiet_known_warnings()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out_dir = Path(str(cfg.paths.output_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -342,12 +343,20 @@ def export_from_checkpoint(ckpt_path, out_dir) -> Path:
     return Path(models.save_pretrained(out_dir))
 
 
+def _quiet_known_warnings() -> None:
+    import warnings
+
+    # Frozen parts and the EMA generator are in eval mode on purpose (see StageModule.train).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
 def train(cfg) -> dict:
     """Run `cfg` (a composed Hydra config): one stage, or the chain. Returns a summary dict:
     {"stages": [per-stage results without modules], "last_ckpt": path, "export": path or None, "demo": {...}}."""
     from omegaconf import OmegaConf
 
     torch.set_float32_matmul_precision("high")
+    _quiet_known_warnings()
     chain = cfg.get("chain")
     root = Path(str(cfg.paths.output_dir))
     results = []

@@ -10,7 +10,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -85,6 +87,22 @@ PDFGC_SIMD_CLONES
 void grad_run_from_out(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y, scalar_t* __restrict__ out,
                        int64_t n, scalar_t pos, scalar_t neg) {
   for (int64_t i = 0; i < n; ++i) out[i] = g[i] * (y[i] >= scalar_t(0) ? pos : neg);
+}
+
+// same, returning the sum of the produced gradient (one plane of one channel: the bias gradient's share), so that
+// the bias gradient needs no second pass over memory
+template <typename scalar_t>
+PDFGC_SIMD_CLONES
+scalar_t grad_run_from_out_sum(const scalar_t* __restrict__ g, const scalar_t* __restrict__ y,
+                               scalar_t* __restrict__ out, int64_t n, scalar_t pos, scalar_t neg) {
+  scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t v = g[i] * (y[i] >= scalar_t(0) ? pos : neg);
+    out[i] = v;
+    acc += v;
+  }
+  return acc;
 }
 
 template <typename scalar_t>
@@ -177,6 +195,37 @@ at::Tensor fused_lrelu_grad_out(const at::Tensor& g_in, const at::Tensor& y, dou
   return out;
 }
 
+// gradient w.r.t. z from the saved output plus, for contiguous N C ... layouts, the bias gradient (C,) in the
+// same pass; other layouts return an undefined bias gradient and the caller reduces.
+std::tuple<at::Tensor, at::Tensor> fused_lrelu_grad_out_bias(const at::Tensor& g_in, const at::Tensor& y,
+                                                            double slope, double scale) {
+  if (!(y.dim() >= 2 && y.is_contiguous() && y.numel() > 0)) {
+    return {fused_lrelu_grad_out(g_in, y, slope, scale), at::Tensor()};
+  }
+  TORCH_CHECK(g_in.device().is_cpu() && y.device().is_cpu(), "pdfgc fused_leaky_relu (cpu): CPU tensors only");
+  TORCH_CHECK(g_in.sizes() == y.sizes(), "pdfgc fused_leaky_relu (cpu): gradient ", g_in.sizes(), " and output ",
+              y.sizes(), " differ in shape");
+  TORCH_CHECK(slope > 0 && scale > 0, "pdfgc fused_leaky_relu (cpu): the output-based gradient needs slope > 0 and "
+              "scale > 0, got ", slope, ", ", scale);
+  const at::Tensor g = g_in.to(y.scalar_type()).contiguous();
+  at::Tensor out = at::empty_like(g);
+  const int64_t N = y.size(0), C = y.size(1), numel = y.numel();
+  const int64_t inner = numel / (N * C);
+  at::Tensor plane_sums = at::empty({N, C}, y.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "pdfgc_fused_lrelu_grad_out_bias_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* sp = plane_sums.data_ptr<scalar_t>();
+    const scalar_t pos = static_cast<scalar_t>(scale), neg = static_cast<scalar_t>(scale * slope);
+    at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / inner), [&](int64_t b, int64_t e) {
+      for (int64_t p = b; p < e; ++p)
+        sp[p] = grad_run_from_out_sum<scalar_t>(gp + p * inner, yp + p * inner, op + p * inner, inner, pos, neg);
+    });
+  });
+  return {out, plane_sums.sum(0)};
+}
+
 at::Tensor fused_lrelu_grad(const at::Tensor& g_in, const at::Tensor& mask, double slope, double scale) {
   TORCH_CHECK(g_in.device().is_cpu() && mask.device().is_cpu(), "pdfgc fused_leaky_relu (cpu): CPU tensors only");
   TORCH_CHECK(g_in.sizes() == mask.sizes(), "pdfgc fused_leaky_relu (cpu): gradient ", g_in.sizes(),
@@ -208,4 +257,6 @@ TORCH_LIBRARY(pdfgc_fused_act, m) {
   m.def("fused_lrelu_grad(Tensor g, Tensor mask, float slope, float scale) -> Tensor", &fused_lrelu_grad);
   m.def("fused_lrelu(Tensor x, Tensor? bias, float slope, float scale) -> Tensor", &fused_lrelu);
   m.def("fused_lrelu_grad_out(Tensor g, Tensor y, float slope, float scale) -> Tensor", &fused_lrelu_grad_out);
+  m.def("fused_lrelu_grad_out_bias(Tensor g, Tensor y, float slope, float scale) -> (Tensor, Tensor)",
+        &fused_lrelu_grad_out_bias);
 }

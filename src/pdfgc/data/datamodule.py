@@ -75,6 +75,7 @@ class PDFGCDataModule(pl.LightningDataModule):
         min_gap: minimum distance (frames) between lip offsets when the clip allows it.
         augment: `DrivingAugment` fields for the motion stage (SPEC 4.2 defaults).
         eye_feather: soft edge of the eye paste as a fraction of S.
+        eye_negative_candidates: eye negatives are the most different (in known eye state) of this many frames.
         pin_memory, persistent_workers, prefetch_factor: DataLoader options.
         drop_last: drop the last incomplete training batch.
     """
@@ -82,7 +83,8 @@ class PDFGCDataModule(pl.LightningDataModule):
     def __init__(self, stage: str, image_size: int, batch_size: int = 8, num_workers: int = 0, seed: int = 0,
                  train_source: Any = None, val_source: Any = None, train_length: int = 10_000,
                  val_length: int = 256, num_offsets: int = 5, window: int = 5, min_gap: int = 5,
-                 augment: Mapping | None = None, eye_feather: float = 0.04, pin_memory: bool = False,
+                 augment: Mapping | None = None, eye_feather: float = 0.04, eye_negative_candidates: int = 4,
+                 pin_memory: bool = False,
                  persistent_workers: bool = False, prefetch_factor: int | None = None, drop_last: bool = True):
         super().__init__()
         if stage not in STAGES:
@@ -100,7 +102,8 @@ class PDFGCDataModule(pl.LightningDataModule):
         self.train_length = int(train_length)
         self.val_length = int(val_length)
         self.opts = dict(num_offsets=int(num_offsets), window=int(window), min_gap=int(min_gap),
-                         augment=dict(augment) if augment else None, eye_feather=float(eye_feather))
+                         augment=dict(augment) if augment else None, eye_feather=float(eye_feather),
+                         eye_negative_candidates=int(eye_negative_candidates))
         self.loader_opts = dict(pin_memory=bool(pin_memory), persistent_workers=bool(persistent_workers)
                                 and self.num_workers > 0)
         if prefetch_factor is not None and self.num_workers > 0:

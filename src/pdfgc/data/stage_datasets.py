@@ -14,7 +14,7 @@ unknown). Keys per stage:
 | motion | app, drv, drv_aug                               | gt_* of drv, identity, clip, frame_idx (2,) [app, drv]  |
 | lip    | frames (N,3,S,S), mel (N,1,80,20)               | gt_* (N, ...), identity, clip, frame_idx (N,)           |
 | pose   | frames (3,S,S), pose (6,)                       | gt_* of the frame, identity, clip, frame_idx (1,)       |
-| eye    | anchor, positive, negative, eye_open, gaze      | gt_* of P, gt_neg_eye_open, gt_neg_gaze, identity, clip, frame_idx (3,) [A, P, Neg] |
+| eye    | anchor, positive, negative, eye_open, gaze      | gt_* of P, gt_neg_*, paste_box, frame_idx [A, P, N]    |
 | emo    | app, frames (K,3,S,S), mel (K,1,80,20)          | gt_* (K, ...), identity, clip, frame_idx (K,)           |
 """
 from __future__ import annotations
@@ -197,19 +197,32 @@ class PoseDataset(StageDataset):
 class EyeDataset(StageDataset):
     """Stage 2c: triplets of one clip. anchor = frame A with the eye region of frame P pasted in (soft edges,
     `feather` x S pixels; region = union of both frames' eye boxes, or the template eye box when unknown);
-    positive = P; negative = another frame N. `eye_open` / `gaze` are P's (NaN when unknown)."""
+    positive = P; negative = another frame N: of `negative_candidates` random frames, the one whose eye state
+    (openness + gaze) differs most from P's when the source knows it (else the first). `eye_open` / `gaze` are
+    P's (NaN when unknown)."""
 
     stage = "eye"
 
     def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
-                 feather: float = 0.04, box_margin: float = 0.02):
+                 feather: float = 0.04, box_margin: float = 0.02, negative_candidates: int = 4):
         super().__init__(source, length, seed, image_size)
         self.feather = float(feather)
         self.box_margin = float(box_margin)
+        self.negative_candidates = max(1, int(negative_candidates))
 
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 3)
-        a, p, n = (int(v) for v in rng.choice(np.arange(lo, hi), size=3, replace=False))
+        k = min(hi - lo, 2 + self.negative_candidates)
+        picks = [int(v) for v in rng.choice(np.arange(lo, hi), size=k, replace=False)]
+        a, p, cands = picks[0], picks[1], picks[2:]
+        n = cands[0]
+        if len(cands) > 1:
+            # the candidate whose eye state (openness, gaze) differs most from P's, when the source knows it
+            f = self.source.factors(i, [p] + cands)
+            state = np.concatenate([np.asarray(f["eye_open"], np.float64), np.asarray(f["gaze"], np.float64)], 1)
+            dist = np.abs(state[1:] - state[:1]).sum(1)
+            if np.isfinite(dist).any():
+                n = cands[int(np.nanargmax(np.where(np.isfinite(dist), dist, -np.inf)))]
         fr = self.source.frames(i, [a, p, n])
         fac = self.source.factors(i, [a, p, n])
         boxes = np.asarray(fac["eye_box"], dtype=np.float64)[:2]
@@ -267,7 +280,8 @@ STAGE_DATASETS = {"motion": MotionDataset, "lip": LipDataset, "pose": PoseDatase
 
 def build_stage_dataset(stage: str, source: ClipSource, length: int = 10_000, seed: int = 0,
                         image_size: int | None = None, num_offsets: int = 5, window: int = 5, min_gap: int = 5,
-                        augment: dict | None = None, eye_feather: float = 0.04) -> StageDataset:
+                        augment: dict | None = None, eye_feather: float = 0.04,
+                        eye_negative_candidates: int = 4) -> StageDataset:
     """The dataset of `stage` on `source` with the stage's options (others ignored)."""
     if stage not in STAGE_DATASETS:
         raise ValueError(f"unknown stage {stage!r}: expected one of {list(STAGE_DATASETS)}")
@@ -277,7 +291,7 @@ def build_stage_dataset(stage: str, source: ClipSource, length: int = 10_000, se
     if stage == "lip":
         return LipDataset(source, num_offsets=num_offsets, min_gap=min_gap, **common)
     if stage == "eye":
-        return EyeDataset(source, feather=eye_feather, **common)
+        return EyeDataset(source, feather=eye_feather, negative_candidates=eye_negative_candidates, **common)
     if stage == "emo":
         return EmoDataset(source, window=window, **common)
     return PoseDataset(source, **common)

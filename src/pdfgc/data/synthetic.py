@@ -819,7 +819,8 @@ class SyntheticSource:
         if st._mel is None:
             from pdfgc.data.audio import melspectrogram
 
-            st._mel = melspectrogram(self.audio(i), name=f"synthetic clip {i}")
+            wav = st._audio if st._audio is not None else self._synthesize(st)  # not kept: 320 KB per clip
+            st._mel = melspectrogram(wav, name=f"synthetic clip {i}")
         return st._mel
 
     def factors(self, i: int, idx: Sequence[int]) -> dict[str, np.ndarray]:
@@ -832,9 +833,11 @@ class SyntheticSource:
         """float32 `(num_frames * 640,)` 16 kHz waveform of clip `i` (exactly the clip's duration)."""
         st = self.state(i)
         if st._audio is None:
-            n = self.num_frames_per_clip * SAMPLE_RATE // FPS
-            st._audio = synthesize_speech(st.plan, n, st.f0, st.tract, st.keys)
+            st._audio = self._synthesize(st)
         return st._audio
+
+    def _synthesize(self, st: ClipState) -> np.ndarray:
+        return synthesize_speech(st.plan, self.num_frames_per_clip * SAMPLE_RATE // FPS, st.f0, st.tract, st.keys)
 
     def state(self, i: int) -> ClipState:
         """The (cached) `ClipState` of clip `i`."""
@@ -861,8 +864,8 @@ class SyntheticSource:
     def render(self, i: int, idx: Sequence[int], **overrides) -> np.ndarray:
         """Render frames of clip `i` with some per-frame factors replaced (for tests and swap grids).
 
-        overrides: `pose` (n,6) or (6,), `eye_open` (2,), `gaze` (2,), `mouth` (2,), `expr` (5,) (smile, brow
-        inner, brow outer, squint, widen) -- broadcast over the requested frames.
+        overrides: `pose` (6,), `eye_open` (2,), `gaze` (2,), `mouth` (2,), `expr` (5,) (smile, brow inner, brow
+        outer, squint, widen; `EMOTION_EXPR[class] * intensity`), each per clip (k,) or per frame (n, k).
         """
         st = self.state(i)
         idx = self._frame_idx(i, idx)
@@ -916,6 +919,26 @@ def preview_grid(size: int = 112, identities: int = 4, columns: int = 8, seed: i
     return np.concatenate(rows, axis=0)
 
 
+def preview_stages(size: int = 112, seed: int = 0) -> np.ndarray:
+    """uint8 image, one row per stage sample: motion (app, drv, drv_aug), eye (anchor, positive, negative),
+    lip (N = 5 frames at distinct offsets), emo (app, then the K = 5 window frames)."""
+    from pdfgc.data.stage_datasets import build_stage_dataset
+
+    src = SyntheticSource(image_size=size, num_identities=20, seed=seed)
+    cols = 6
+
+    def row(tensors):
+        tiles = [((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for t in tensors]
+        tiles += [np.full((size, size, 3), 255, np.uint8)] * (cols - len(tiles))
+        return np.concatenate(tiles, axis=1)
+
+    ds = {st: build_stage_dataset(st, src, length=1, seed=seed) for st in ("motion", "eye", "lip", "emo")}
+    m, e, lp, em = ds["motion"][0], ds["eye"][1], ds["lip"][2], ds["emo"][3]
+    rows = [row([m["app"], m["drv"], m["drv_aug"]]), row([e["anchor"], e["positive"], e["negative"]]),
+            row(list(lp["frames"])), row([em["app"], *em["frames"]])]
+    return np.concatenate(rows, axis=0)
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -923,6 +946,7 @@ def main(argv=None) -> None:
                                  description="Write a preview grid and/or a sample clip (mp4 with its audio).")
     ap.add_argument("--grid", help="output PNG of a face grid")
     ap.add_argument("--video", help="output mp4 of one clip with its synthetic speech")
+    ap.add_argument("--stages", help="output PNG of one sample per stage dataset")
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--video-size", type=int, default=224)
     ap.add_argument("--clip", type=int, default=0)
@@ -933,6 +957,11 @@ def main(argv=None) -> None:
 
         iio.imwrite(args.grid, preview_grid(args.size, seed=args.seed))
         print(f"wrote {args.grid}")
+    if args.stages:
+        import imageio.v3 as iio
+
+        iio.imwrite(args.stages, preview_stages(args.size, seed=args.seed))
+        print(f"wrote {args.stages}")
     if args.video:
         from pdfgc.data.video import write_video
 

@@ -1,7 +1,8 @@
 """`Vox2Source`: the `ClipSource` over preprocessed VoxCeleb2 (or any video folder) written by `python -m preprocess`.
 
 Layout of the folder (see preprocess/store.py and datasets/README.md): `manifest.jsonl` (one record per clip, with
-`status`), `clips/<key>.npz` (JPEG frames + arrays), `splits/{train,test}.txt` (identity names).
+`status`), `clips/<key>.npz` (JPEG frames + arrays), `splits/{train,test}.txt` (identity names). A clip whose file is
+absent is read from the tar shards of `python -m preprocess.pack` (`shards/index.jsonl`: shard, byte offset, size).
 
 Only clips with status "ok" whose identity is in the requested split are served. Identity labels are the index of
 the identity name in the sorted list of identities of the served clips (train and test labels are therefore separate
@@ -9,6 +10,7 @@ label spaces; the names are kept in `identity_names`).
 """
 from __future__ import annotations
 
+import io
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -91,6 +93,11 @@ class Vox2Source:
         self.identity_names = sorted({r["identity"] for r in self.records})
         self._label = {n: i for i, n in enumerate(self.identity_names)}
         self.split = split
+        self._packed: dict[str, tuple[str, int, int]] = {}
+        index = self.root / "shards" / "index.jsonl"
+        if index.is_file():
+            for r in _read_jsonl(index):
+                self._packed[r["key"]] = (r["shard"], int(r["offset"]), int(r["size"]))
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._cache_size = max(1, int(cache_clips))
         stored = self.records[0].get("image_size") or self._load(0)["meta"]["image_size"]
@@ -112,8 +119,20 @@ class Vox2Source:
             self._cache.move_to_end(i)
             return self._cache[i]
         path = self.clip_file(i)
+        key = self.records[i]["key"]
         try:
-            with np.load(path, allow_pickle=False) as z:
+            if not path.is_file() and key in self._packed:
+                shard, offset, size = self._packed[key]
+                path = self.root / "shards" / shard
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    blob = f.read(size)
+                if len(blob) != size:
+                    raise ValueError(f"truncated shard: {len(blob)} of {size} bytes at offset {offset}")
+                src = io.BytesIO(blob)
+            else:
+                src = path
+            with np.load(src, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError) as e:
             raise OSError(f"Vox2Source: cannot read clip file {path} ({e}); delete it and rerun the preprocessing "

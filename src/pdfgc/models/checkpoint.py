@@ -362,5 +362,6 @@ def load_any(path, device: str | torch.device = "cpu", **kwargs: Any) -> PDFGCMo
 
 
 def convert_official(src, dst, config: ConfigLike | None = None) -> Path:
-    """Convert a released checkpoint folder to the pdfgc export format. Returns dst."""
-    return save_pretrained(load_official(src, config=config), dst)
+    """Convert a released checkpoint folder to the pdfgc export format (every tensor of the files that the model
+    has, the appearance identity head included). Returns dst."""
+    return save_pretrained(load_official(src, config=config, load_identity_head=True), dst)

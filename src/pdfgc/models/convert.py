@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     try:
         fmt = detect_format(a.src)
         to = a.to or ("pdfgc" if fmt == "official" else "official")
-        kwargs = {"config": a.config} if fmt == "official" else {}
+        # conversion is lossless: the appearance identity head is carried over too
+        kwargs = {"config": a.config, "load_identity_head": True} if fmt == "official" else {}
         models = load_any(a.src, **kwargs)
         out = save_pretrained(models, a.dst) if to == "pdfgc" else save_official(models, a.dst)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

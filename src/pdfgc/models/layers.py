@@ -211,8 +211,11 @@ class NoiseInjection(nn.Module):
             n = torch.randn(b, 1, h, w, generator=rng, device=rng.device if rng is not None else x.device)
         elif mode == "cached":
             if self.noise is None or tuple(self.noise.shape[-2:]) != (h, w):
+                # without `rng` this is the reference's draw: the default generator of the activation's device
                 dev = rng.device if rng is not None else x.device
-                self.noise = torch.randn(1, 1, h, w, generator=rng, device=dev)
+                self.noise = torch.randn(1, 1, h, w, generator=rng, device=dev).to(x.device)
+            elif self.noise.device != x.device:
+                self.noise = self.noise.to(x.device)  # keep the same map when the model moves
             n = self.noise
         else:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {mode!r}")

@@ -53,6 +53,8 @@ def run_inference(cfg: Mapping) -> Path:
     if controls is not None and not isinstance(controls, str):
         controls = list(controls)
     controls = parse_controls(controls)
+    if str(_get(cfg, "noise_mode", "cached")) not in ("cached", "const", "none"):
+        raise PipelineError(f"noise_mode: expected cached, const or none, got {cfg.get('noise_mode')!r}")
     layout = str(_get(cfg, "layout", "video"))
     if layout not in ("video", "panel"):
         raise PipelineError(f"layout: expected video or panel, got {layout!r}")
@@ -65,6 +67,7 @@ def run_inference(cfg: Mapping) -> Path:
     t0 = time.perf_counter()
     pipe = Pipeline.from_pretrained(str(cfg["ckpt"]), device=_get(cfg, "device", "auto"),
                                     batch_size=int(_get(cfg, "batch_size", 8)),
+                                    noise_mode=str(_get(cfg, "noise_mode", "cached")),
                                     **({"seed": int(cfg["seed"])} if cfg.get("seed") is not None else {}))
     t_load = time.perf_counter() - t0
     res = pipe(str(cfg["source"]), str(cfg["audio"]),

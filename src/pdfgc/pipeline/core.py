@@ -100,6 +100,8 @@ class Pipeline:
                  noise_mode: str = "cached"):
         if int(batch_size) < 1:
             raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
+        if noise_mode not in ("cached", "const", "none"):
+            raise PipelineError(f"noise_mode: expected 'cached', 'const' or 'none', got {noise_mode!r}")
         self.device = resolve_device(device)
         self.models = models.eval().to(self.device)
         self.batch_size = int(batch_size)
@@ -337,6 +339,7 @@ class Pipeline:
                           name=str(audio) if isinstance(audio, (str, Path)) else "audio array")
         n = int(mel.shape[0])
 
+        log.info("audio: %.2f s -> %d frames at %d fps", len(wav) / SAMPLE_RATE, n, FPS)
         src = inputs.load_source(source, aligned, landmarks, landmark_weights)
         cache: dict = {}
         drv = {}
@@ -352,7 +355,9 @@ class Pipeline:
             if not on and layout != "panel":
                 drv[name] = None  # an off control needs no driver: do not even load it
                 continue
+            t0 = time.perf_counter()
             d = inputs.load_driver(value, name, aligned, landmarks, landmark_weights, cache)
+            log.info("%s driver: %d frames ready in %.1f s", name, d.frames.shape[0], time.perf_counter() - t0)
             if d.frames.shape[0] <= FRAME_OFFSET:
                 log.warning("%s driver has %d frame(s): it is held still (repeated) for all %d output frames",
                             name, d.frames.shape[0], n)
