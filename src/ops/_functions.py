@@ -4,9 +4,12 @@ Both ops are linear in their tensor input once the static configuration (and, fo
 is fixed, so each backward is again the same kind of op and is expressed with the same Function:
   * upfirdn2d: grad_x = upfirdn2d(grad_y, flip(kernel), up=down, down=up, adjusted pads) (see
     `_params.adjoint_params`); its backward is the forward configuration again.
-  * fused leaky ReLU: grad_z = grad_y * (z >= 0 ? scale : scale * slope) (sign from a mask or from y); grad_bias = sum of grad_z over every axis
-    but 1; the backward of that masked scale is the same masked scale, and the output does not depend on x
+  * fused leaky ReLU: grad_z = grad_y * (z >= 0 ? scale : scale * slope), the sign of z read from a saved bool
+    mask or from the saved output y; grad_bias = sum of grad_z over every axis but 1 (fused into the same pass on
+    CPU). The backward of that masked scale is the same masked scale, and the output does not depend on x
     through the mask (piecewise linear), so second derivatives w.r.t. x are zero.
+Plain backward calls the kernels directly; with create_graph=True the same Functions are applied, so the graph
+stays differentiable.
 The kernel of upfirdn2d is treated as a constant (no gradient): the dispatcher sends kernels that require grad
 to the reference implementation.
 """
@@ -21,13 +24,17 @@ _UPFIRDN_EXT = {"cpu": "pdfgc_upfirdn2d", "cuda": "pdfgc_upfirdn2d_cuda"}
 _ACT_EXT = {"cpu": "pdfgc_fused_act", "cuda": "pdfgc_fused_act_cuda"}
 
 
+def upfirdn2d_kernel(x, kernel, p: UpFirDnParams, backend: str):
+    """The compiled upfirdn2d of `backend`, without autograd."""
+    return _ext.get(_UPFIRDN_EXT[backend]).upfirdn2d(x, kernel, *p)
+
+
 class UpFirDn2d(torch.autograd.Function):
     """upfirdn2d through the compiled kernel of `backend`; apply(x, kernel, params, backend)."""
 
     @staticmethod
     def forward(ctx, x, kernel, p: UpFirDnParams, backend: str):
-        ops = getattr(_ext.get(_UPFIRDN_EXT[backend]), "upfirdn2d")
-        y = ops(x, kernel, *p)
+        y = upfirdn2d_kernel(x, kernel, p, backend)
         ctx.save_for_backward(kernel)
         ctx.p, ctx.backend, ctx.in_hw = p, backend, (x.shape[2], x.shape[3])
         return y
@@ -41,7 +48,7 @@ class UpFirDn2d(torch.autograd.Function):
             if torch.is_grad_enabled():  # create_graph=True: keep it differentiable (any order)
                 gx = UpFirDn2d.apply(gy, kernel.flip([0, 1]), q, ctx.backend)
             else:
-                gx = _ext.get(_UPFIRDN_EXT[ctx.backend]).upfirdn2d(gy, kernel.flip([0, 1]), *q)
+                gx = upfirdn2d_kernel(gy, kernel.flip([0, 1]), q, ctx.backend)
         return gx, None, None, None
 
 

@@ -1,10 +1,11 @@
 // Fused bias + leaky ReLU + gain on CPU (SPEC 3.1), float32 / float64, written from the math.
 //
-// forward:  z = x + bias[c];  y = scale * (z >= 0 ? z : slope * z);  mask = (z >= 0) (only when asked: without
-//           autograd, or when slope > 0 and scale > 0 so that the sign of y is the mask, none is written)
-// backward: dL/dz = g * (mask ? scale : scale * slope), mask from the saved bool mask or from y >= 0   (a masked scale: linear in g, so its own gradient
-//           w.r.t. g is the same masked scale and any order of derivative reuses this one kernel)
-// One pass over memory each way; the mask (1 byte per element) is all that the backward needs.
+// forward:  z = x + bias[c];  y = scale * (z >= 0 ? z : slope * z);  mask = (z >= 0) only when asked (not
+//           without autograd, nor when slope > 0 and scale > 0, where the sign of y is the mask)
+// backward: dL/dz = g * (mask ? scale : scale * slope), mask = the saved bool mask or y >= 0. A masked scale:
+//           linear in g, so its own gradient w.r.t. g is the same masked scale, and any order of derivative
+//           reuses these kernels. The bias gradient (sum of dL/dz per channel) can come out of the same pass.
+// One pass over memory each way.
 // Layouts: contiguous NC... (channel = (i / inner) % C) and 4-D channels_last (channel = i % C) are read in
 // place; anything else is made contiguous first.
 #include <ATen/core/Tensor.h>
@@ -189,8 +190,9 @@ at::Tensor fused_lrelu_grad_out(const at::Tensor& g_in, const at::Tensor& y, dou
     const scalar_t* yp = y.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t pos = static_cast<scalar_t>(scale), neg = static_cast<scalar_t>(scale * slope);
-    at::parallel_for(0, numel, kGrain,
-                     [&](int64_t b, int64_t e) { grad_run_from_out<scalar_t>(gp + b, yp + b, op + b, e - b, pos, neg); });
+    at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) {
+      grad_run_from_out<scalar_t>(gp + b, yp + b, op + b, e - b, pos, neg);
+    });
   });
   return out;
 }

@@ -43,7 +43,8 @@ inline int64_t posmod(int64_t a, int64_t b) { return ((a % b) + b) % b; }
 struct RowSpan {  // input rows iy_lo..iy_hi reach output row oy; my = oy * dy
   int64_t iy_lo, iy_hi, my;
 };
-struct ColTap {  // for kernel column kx: output columns ox = ox_lo, ox_lo + step, ..., <= ox_hi read input ix0 + j*istep
+// for kernel column kx: output columns ox = ox_lo + j*step (<= ox_hi) read input column ix0 + j*istep
+struct ColTap {
   int64_t ox_lo, ox_hi, step, ix0, istep;
 };
 

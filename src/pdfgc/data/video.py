@@ -144,6 +144,9 @@ def write_video(path, frames, fps: float = FPS, audio: np.ndarray | None = None,
                         out.mux(packet)
                 for packet in as_.encode():
                     out.mux(packet)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the video the user's usual permissions
         os.replace(tmp, path)
     except Exception as e:
         if os.path.exists(tmp):
