@@ -6,6 +6,7 @@ with the many StyleGAN-derived projects that ship a top-level `op`/`ops` package
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages("src", include=["pdfgc", "pdfgc.*"]) + ["pdfgc_ops"],
-    package_dir={"": "src", "pdfgc_ops": "src/ops"},
+    packages=find_packages("src", include=["pdfgc", "pdfgc.*"]) + ["pdfgc_ops", "pdfgc._model_configs"],
+    # configs/model ships inside the package too, so a non-editable install can still build the networks
+    package_dir={"": "src", "pdfgc_ops": "src/ops", "pdfgc._model_configs": "configs/model"},
 )

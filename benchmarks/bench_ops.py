@@ -122,11 +122,19 @@ def run(threads: int = 1, reps: int = 5, batch: int = 8, quick: bool = False) ->
             for impl in impls:  # warm-up: builds, allocator caches, dispatch tables
                 step(impl)
                 step(impl)
+            # each sample repeats the step so that it lasts >= ~20 ms (sub-millisecond samples are mostly jitter)
+            one = min(_time(lambda: step(impls[0]), 3, clock))
+            inner = max(1, min(50, int(0.02 / max(one, 1e-6))))
+
+            def sample(impl):
+                for _ in range(inner):
+                    step(impl)
+
             times = {i: [] for i in impls}
             for r in range(reps):  # interleaved, order rotated: load changes and allocator state hit all alike
                 for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
-                    times[impl] += _time(lambda: step(impl), 1, clock)
-            med = {i: statistics.median(v) * 1e3 for i, v in times.items()}
+                    times[impl] += _time(lambda: sample(impl), 1, clock)
+            med = {i: statistics.median(v) * 1e3 / inner for i, v in times.items()}
             key = "fused_leaky_relu" if op == "fused_leaky_relu" else "upfirdn2d"
             step("auto")
             auto_runs = pdfgc_ops.backend_info()["running"][key].get("cpu", "?")

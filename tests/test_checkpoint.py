@@ -156,7 +156,9 @@ def test_tiny_folder_without_config_is_rejected_as_released_architecture(officia
 def test_reference_extras_accepted_and_named(official_dir, tmp_path, caplog):
     d = _copy(official_dir, tmp_path)
     extra_audio = {"model.layer4_exp.0.conv1.weight": torch.zeros(3), "model.attention_exp.0.weight": torch.zeros(2),
-                   "model.fc_exp.weight": torch.zeros(2), "exp_embed.1.weight": torch.zeros(2)}
+                   "model.fc_exp.weight": torch.zeros(2), "exp_embed.1.weight": torch.zeros(2),
+                   # the reference tests substrings: a key *containing* exp_embed is dropped too
+                   "model.exp_embed.1.bias": torch.zeros(2)}
     extra_motion = {"classifier.weight": torch.zeros(2), "mouth_fc.0.weight": torch.zeros(2),
                     "to_feature.0.bias": torch.zeros(1), "model.some_future_layer": torch.zeros(1)}
     _edit(d, "audio_model.pth", lambda sd: sd.update(extra_audio))

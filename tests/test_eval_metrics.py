@@ -175,3 +175,32 @@ def test_lmd_from_dlib_landmarks_of_a_shifted_real_face():
     assert np.isfinite(lm).all()
     assert metrics.lmd(lm[1:], lm[:1]) == pytest.approx(5.0, abs=0.6)
     assert metrics.mouth_lmd(lm[1:], lm[:1]) == pytest.approx(5.0, abs=0.8)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_csim_torchscript_embedder_hand_computed(tmp_path):
+    from pdfgc.eval.identity import TorchEmbedder
+
+    class MeanColour(torch.nn.Module):  # embedding = mean RGB of the (B,3,112,112) input in [-1,1]
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    path = tmp_path / "emb.pt"
+    torch.jit.script(MeanColour()).save(str(path))
+    emb = TorchEmbedder(path)
+    red = np.zeros((2, 40, 40, 3), np.uint8)
+    red[..., 0] = 255
+    green = np.zeros((2, 40, 40, 3), np.uint8)
+    green[..., 1] = 255
+    # (1,-1,-1) . (-1,1,-1) / 3 = -1/3
+    assert csim(emb, red, green) == pytest.approx(-1 / 3, abs=1e-6)
+    assert csim(emb, red, red[0]) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(FileNotFoundError, match="TorchScript"):
+        TorchEmbedder(tmp_path / "missing.pt")
+
+
+def test_syncnet_wrong_checkpoint_is_clear_error(tmp_path):
+    path = tmp_path / "bad.model"
+    torch.save({"netcnnaud.0.weight": torch.zeros(64, 1, 3, 3)}, path)
+    with pytest.raises(KeyError, match="missing keys"):
+        SyncNet.from_file(path)

@@ -195,3 +195,22 @@ def test_perceptual_loads_weights_from_path_and_errors_clearly(tmp_path):
     torch.save({"features.0.weight": w0}, path)
     with pytest.raises(KeyError, match="0.bias"):
         VGGPerceptualLoss(weights_path=str(path), layer_weights=(1.0,))
+
+
+def test_vicreg_consistency_hand_values_and_anti_collapse():
+    from pdfgc.losses.consistency import variance_hinge
+
+    # +-1 columns: unbiased std over 4 rows = sqrt(4/3) > 1 -> no variance penalty; equal inputs -> 0 in total
+    x = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    assert feature_consistency(x, x.clone(), "vicreg").item() == pytest.approx(0.0, abs=1e-6)
+    # a constant feature is penalised: std = sqrt(0 + 1e-4) = 0.01 in each dim -> hinge 0.99, for a and for b
+    c = torch.ones(4, 2)
+    assert variance_hinge(c).item() == pytest.approx(0.99, abs=1e-6)
+    assert feature_consistency(c, c.clone(), "vicreg").item() == pytest.approx(1.98, abs=1e-5)
+    # MSE part: b = a + 0.5 everywhere -> 0.25, spread unchanged
+    assert feature_consistency(x, x + 0.5, "vicreg").item() == pytest.approx(0.25, abs=1e-6)
+    # the gradient of the variance term pushes a collapsed batch apart (increases its spread)
+    a = (torch.ones(4, 2) + 0.001 * torch.randn(4, 2)).requires_grad_(True)
+    variance_hinge(a).backward()
+    stepped = a - 10.0 * a.grad
+    assert stepped.std(0).mean() > a.std(0).mean()

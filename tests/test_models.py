@@ -280,7 +280,7 @@ def test_discriminator_structure_and_outputs():
     assert not any(isinstance(m, torch.nn.InstanceNorm2d) and m.affine for m in d.modules())
     out = d(torch.randn(2, 3, 56, 56))
     assert len(out) == cfg["num_D"]
-    assert all(len(scale) == cfg["n_layers"] + 1 for scale in out)
+    assert all(len(scale) == cfg["n_layers"] + 1 for scale in out)  # include_input: false (our default layout)
     assert out[0][-1].shape[:2] == (2, 1) and out[1][-1].shape[-1] < out[0][-1].shape[-1]
 
 
@@ -367,3 +367,20 @@ def test_generator_on_cuda_fused_equals_grouped_and_keeps_noise_on_device():
                 mod.impl = "grouped"
         b = g(style, spatial)
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_model_config_folder_override(tmp_path, monkeypatch):
+    """Installs without the repository's configs/model point PDFGC_MODEL_CONFIG_DIR at a copy (docs/models.md)."""
+    from pdfgc.models.bundle import CONFIG_DIR_ENV, config_dir
+
+    repo_dir = config_dir()
+    assert repo_dir == Path(__file__).resolve().parents[1] / "configs" / "model"  # source tree: the single source
+    (tmp_path / "mini.yaml").write_text((repo_dir / "tiny.yaml").read_text().replace("name: tiny", "name: mini"))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    assert config_dir() == tmp_path
+    assert load_model_config("mini")["name"] == "mini"
+    with pytest.raises(FileNotFoundError, match="available names: \\['mini'\\]"):
+        load_model_config("tiny")
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="PDFGC_MODEL_CONFIG_DIR="):
+        load_model_config("tiny")

@@ -104,14 +104,13 @@ def _record(op: str, device: torch.device, impl: str) -> None:
 # --- upfirdn2d -------------------------------------------------------------------------------------------------
 
 # Where the C++ kernel beats the depthwise-convolution reference on CPU (process CPU time, one thread, on the
-# development machine; docs/ops.md): the reference (oneDNN) stays ahead on many channels of small planes when
-# resampling, but it loses (1) on few channels (the RGB skip: 2.5x), (2) on plain FIR filtering of planes from
-# about 24x24 up (Blur: 1.4-1.6x), and (3) once a tensor exceeds ~32 MiB, where each allocation of its internal
-# buffers is a fresh mmap (glibc's largest mmap threshold) and page faults dominate (2x).
+# development machine; docs/ops.md): the reference (oneDNN) stays ahead on many channels of small planes (Blur of
+# 512 x 14^2 / 28^2: 0.2-0.6x), but it loses (1) on few channels (the RGB skip: 2.2-4.8x) and (2) once a tensor
+# exceeds ~32 MiB, where each allocation of its internal buffers is a fresh mmap (glibc's largest mmap
+# threshold) and page faults dominate (Blur at 56-224 px: 1.5-2x).
 # Channels_last inputs stay on the reference (oneDNN's NHWC path is fast; the C++ kernel would need a copy), and
 # so do configurations with up > 1 and down > 1 on the same axis (the C++ kernel's slow general path).
 _CPU_FEW_CHANNELS = 16
-_CPU_FIR_MIN_PLANE = 24 * 24
 _CPU_LARGE_BYTES = 32 * 2**20
 
 
@@ -122,8 +121,6 @@ def _cpu_upfirdn_wins(x: torch.Tensor, kernel: torch.Tensor, p: UpFirDnParams) -
         return False
     n, c, h, w = x.shape
     if c <= _CPU_FEW_CHANNELS:
-        return True
-    if p.ux == p.uy == p.dx == p.dy == 1 and h * w >= _CPU_FIR_MIN_PLANE:
         return True
     oh = (h * p.uy + p.py0 + p.py1 - kernel.shape[0]) // p.dy + 1
     ow = (w * p.ux + p.px0 + p.px1 - kernel.shape[1]) // p.dx + 1

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                    "model's)")
     s.add_argument("--data-seed", type=int, default=0, help="synthetic dataset seed used in training")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--estimator-steps", type=int, default=600)
+    s.add_argument("--estimator-steps", type=int, default=1500, help="training steps when the estimator "
+                   "is not cached (1500: ~5 min on one CPU thread)")
     s.add_argument("--lpips-weights", default=None)
     s.add_argument("--device", default="cpu")
     return p

@@ -100,8 +100,8 @@ def _pick_samples(src, clips: int, rng) -> list[tuple[int, int, int]]:
 
 def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int = 8, frames: int = 16,
                             image_size: int | None = None, data_seed: int = 0, seed: int = 0,
-                            num_identities: int = 500, lpips_weights=None, estimator_steps: int = 600,
-                            estimator_clips: int = 200, device: str = "cpu", progress: bool = True,
+                            num_identities: int = 500, lpips_weights=None, estimator_steps: int = 1500,
+                            estimator_clips: int = 400, device: str = "cpu", progress: bool = True,
                             write: bool = True, log=print) -> dict:
     """Run the disentanglement benchmark and write `report.json`, `report.md` and `leakage.png` to `out_dir`.
 

@@ -37,7 +37,7 @@ class FactorEstimator(nn.Module):
     flattened, not pooled, because pose translation and gaze are positions.
     """
 
-    def __init__(self, image_size: int = 56, width: int = 32, num_emotions: int = NUM_EMOTIONS):
+    def __init__(self, image_size: int = 56, width: int = 24, num_emotions: int = NUM_EMOTIONS):
         super().__init__()
         self.image_size = int(image_size)
         self.width = int(width)
@@ -190,8 +190,8 @@ def evaluate_estimator(est: FactorEstimator, frames: np.ndarray, factors: dict) 
     return out
 
 
-def train_estimator(train_source, test_source=None, steps: int = 600, batch_size: int = 64, lr: float = 2e-3,
-                    num_clips: int = 200, frames_per_clip: int = 16, width: int = 32, seed: int = 0,
+def train_estimator(train_source, test_source=None, steps: int = 1500, batch_size: int = 32, lr: float = 3e-3,
+                    num_clips: int = 400, frames_per_clip: int = 16, width: int = 24, seed: int = 0,
                     test_clips: int = 80, progress: bool = True, log=print) -> FactorEstimator:
     """Train a `FactorEstimator` on renders of `train_source` (a synthetic ClipSource with ground truth).
 

@@ -89,7 +89,11 @@ class TorchEmbedder:
         if not path.is_file():
             raise FileNotFoundError(f"identity model {path}: no such file; expected a TorchScript module mapping "
                                     f"(B,3,{size},{size}) RGB in [-1,1] to (B,D) embeddings")
-        self.net = torch.jit.load(str(path), map_location=device).eval()
+        import warnings
+
+        with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; it is still the portable format
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(path), map_location=device).eval()
         self.size = size
         self.device = device
 

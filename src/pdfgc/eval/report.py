@@ -14,6 +14,17 @@ METHOD_LABELS = {"model": "model", "copy_source": "copy source", "copy_driver": 
                  "model_control_off": "model, control off", "estimator_on_driver": "estimator on driver"}
 
 
+RELIABLE_R2 = 0.3  # estimator held-out R^2 below which a factor's numbers are flagged
+# benchmark factor -> estimator regression output whose R^2 tells whether the factor is readable
+_R2_KEY = {"mouth": "mouth", "pose": "pose", "gaze": "gaze", "blink": "eye_open", "emotion": "emotion_intensity"}
+
+
+def estimator_r2(report: dict) -> dict:
+    """Held-out R^2 of the estimator per benchmark factor ({} when unknown)."""
+    r2 = (report.get("estimator", {}).get("held_out") or {}).get("r2", {})
+    return {f: r2[k] for f, k in _R2_KEY.items() if k in r2}
+
+
 def _clean(x):
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
@@ -72,16 +83,22 @@ def synthetic_markdown(report: dict) -> str:
            f"{cfg['image_size']} px, test identities)", "",
            "Control error per factor: normalised error (0 = follows the driver exactly, ~1 = chance), raw error "
            "in brackets. Lower is better.", ""]
+    r2 = estimator_r2(report)
     rows = []
     for f in factors:
         row = [f"{f} ({report['units'][f]})"]
         for c in cols:
             e = ctrl[c][f]
             row.append(f"{_fmt(e['nerr'], 2)} ({_fmt(e['err'], 3)})")
+        row.append(_fmt(r2.get(f), 2) + ("" if r2.get(f, 1.0) >= RELIABLE_R2 else " (unreliable)"))
         rows.append(row)
     acc = report["emotion_acc"]
-    rows.append(["emotion class accuracy"] + [_fmt(acc.get(c), 2) for c in cols])
-    out.append(md_table(["factor"] + [METHOD_LABELS[c] for c in cols], rows))
+    rows.append(["emotion class accuracy"] + [_fmt(acc.get(c), 2) for c in cols]
+                + [_fmt((report.get("estimator", {}).get("held_out") or {}).get("emotion_acc"), 2)])
+    out.append(md_table(["factor"] + [METHOD_LABELS[c] for c in cols] + ["estimator R^2 (held-out)"], rows))
+    out += ["", f"Factors whose estimator R^2 is below {RELIABLE_R2} cannot be read reliably from images of this size "
+            "by the estimator: their control and leakage numbers are noise (train the estimator longer, "
+            "`--estimator-steps`)."]
     out += ["", "Leakage (row: only this factor's driver changes; column: how much each factor moves in the output, "
             "in units of how much it moves between the two real driver frames). Ideal: 1 on the diagonal, 0 "
             "elsewhere; copying the changed driver scores 1 across its row.", ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Mapping, Union
 
@@ -13,9 +14,33 @@ INFERENCE_COMPONENTS = ("appearance", "motion", "audio", "generator")
 ConfigLike = Union[str, Path, Mapping[str, Any]]
 
 
+CONFIG_DIR_ENV = "PDFGC_MODEL_CONFIG_DIR"
+PACKAGED_CONFIG_DIR = "_model_configs"  # where a wheel may carry a copy of configs/model (see docs/models.md)
+
+
 def config_dir() -> Path:
-    """The repository's `configs/model` folder (model configs are shipped with the source tree)."""
-    return Path(__file__).resolve().parents[3] / "configs" / "model"
+    """The folder holding the model configs (`<name>.yaml`), first that exists of:
+
+    1. `$PDFGC_MODEL_CONFIG_DIR` (explicit override; must exist);
+    2. the repository's `configs/model` (source checkout / editable install: the single source of truth);
+    3. `pdfgc/_model_configs` inside the installed package (a non-editable install whose build maps
+       configs/model there as package data, see docs/models.md).
+    When none exists, the repository path is returned (error messages then name it).
+    """
+    env = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{CONFIG_DIR_ENV}={env!r} is not a folder; point it at a copy of the "
+                                    "repository's configs/model (pdfgc.yaml, tiny.yaml) or unset it")
+        return path
+    repo = Path(__file__).resolve().parents[3] / "configs" / "model"
+    if repo.is_dir():
+        return repo
+    packaged = Path(__file__).resolve().parents[1] / PACKAGED_CONFIG_DIR
+    if packaged.is_dir():
+        return packaged
+    return repo
 
 
 def load_model_config(config: ConfigLike = "pdfgc") -> dict:
@@ -36,7 +61,8 @@ def load_model_config(config: ConfigLike = "pdfgc") -> dict:
     if not path.is_file():
         avail = sorted(p.stem for p in config_dir().glob("*.yaml")) if config_dir().is_dir() else []
         raise FileNotFoundError(f"model config {str(config)!r}: file {path} not found; available names: {avail} "
-                                "(or pass a path to a yaml/json file, or a dict)")
+                                f"(or pass a path to a yaml/json file, or a dict; set {CONFIG_DIR_ENV} to a copy "
+                                "of the repository's configs/model when pdfgc is installed without it)")
     if path.suffix == ".json":
         import json
 

@@ -64,11 +64,12 @@ def _appearance_ignored(key: str) -> bool:
     return "fc" in key and "model" not in key  # the reference's rule: the 5995-way identity head
 
 
-_AUDIO_EXP_PREFIXES = ("model.layer4_exp", "model.attention_exp", "model.fc_exp", "exp_embed")
+_AUDIO_EXP_NAMES = ("model.layer4_exp", "model.attention_exp", "model.fc_exp", "exp_embed")
 
 
 def _audio_ignored(key: str) -> bool:
-    return key.startswith(_AUDIO_EXP_PREFIXES) or ("fc" in key and "model" not in key)
+    # substring tests, as the reference's rule (a key *containing* e.g. `exp_embed` anywhere is dropped)
+    return any(n in key for n in _AUDIO_EXP_NAMES) or ("fc" in key and "model" not in key)
 
 
 _MOTION_OLD_NAMES = ("classifier", "mouth_fc", "headpose_fc", "to_feature", "to_embed")

@@ -135,7 +135,8 @@ class ModulatedConv2d(nn.Module):
         return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, upsample={self.upsample}, "
                 f"demodulate={self.demodulate}, impl={self.impl}")
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, w: torch.Tensor,
+                impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.modulation(w)  # (B, in)
         impl = impl or self.impl
         if impl == "grouped":

@@ -45,7 +45,7 @@ class MotionStage(GANStage):
             terms["vgg"] = self.perceptual(fake, real)
         if self.on("mot"):
             clean = self.nets["motion"].encode(batch["drv"], heads=())["motion"]
-            terms["mot"] = feature_consistency(out["f_mot"], clean, str(self.cfg("loss.mot_kind", "l1")))
+            terms["mot"] = feature_consistency(out["f_mot"], clean, str(self.cfg("loss.mot_kind", "vicreg")))
         if self.on("id") and "identity" in batch:
             app = self.nets["appearance"]
             logits = app.classify(out["f_app"])
