@@ -136,17 +136,25 @@ def worker(args) -> dict:
         if args.approach == "reference":
             # warm-up: one frame (draws the cached noise maps; allocator warm-up)
             reference_generate(models, src, mel[:1], pose[:3], exp[:3], eye[:3], 8, device, {})
-            t, c = time.perf_counter(), _cpu_s()
-            out = reference_generate(models, src, mel, pose, exp, eye, 8, device, timings)
-            total, cpu = time.perf_counter() - t, _cpu_s() - c
+            best = None
+            for _ in range(args.repeats):  # best of `repeats`: transient load on a shared machine only adds time
+                tm: dict = {}
+                t, c = time.perf_counter(), _cpu_s()
+                out = reference_generate(models, src, mel, pose, exp, eye, 8, device, tm)
+                run = (time.perf_counter() - t, _cpu_s() - c, tm)
+                best = run if best is None or run[0] < best[0] else best
+            total, cpu, timings = best
             encoded = 3 * args.frames
         else:
             pipe = Pipeline(models, device=device, batch_size=args.batch_size)
             pipe.generate(src, mel[:1], pose[:3], exp[:3], eye[:3], controls=["all"])
-            t, c = time.perf_counter(), _cpu_s()
-            out = pipe.generate(src, mel, pose, exp, eye, controls=["all"])
-            total, cpu = time.perf_counter() - t, _cpu_s() - c
-            timings = {k: pipe.last_timings.get(k, 0.0) for k in NETS}
+            best = None
+            for _ in range(args.repeats):
+                t, c = time.perf_counter(), _cpu_s()
+                out = pipe.generate(src, mel, pose, exp, eye, controls=["all"])
+                run = (time.perf_counter() - t, _cpu_s() - c, {k: pipe.last_timings.get(k, 0.0) for k in NETS})
+                best = run if best is None or run[0] < best[0] else best
+            total, cpu, timings = best
             encoded = pipe.last_encoded
     if args.save:
         import numpy as np
@@ -154,7 +162,7 @@ def worker(args) -> dict:
         np.save(args.save, out.numpy())
     res = dict(approach=args.approach, batch=args.batch_size if args.approach == "ours" else 8,
                frames=args.frames, total_s=total, fps=args.frames / total, encoded=encoded,
-               cpu_s_per_frame=cpu / args.frames,
+               cpu_s_per_frame=cpu / args.frames, repeats=args.repeats,
                per_frame={k: timings.get(k, 0.0) / args.frames for k in NETS},
                rss_start_mib=rss0, rss_model_mib=rss_model, rss_peak_mib=_rss_mib(), threads=args.threads,
                device=str(device))
@@ -168,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=16, help="output frames per configuration (default 16)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration; the fastest is kept")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="pdfgc", help="model config name (pdfgc = released architecture)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference-approach run")
@@ -184,7 +193,9 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    runs = [("ours", b) for b in args.batch_sizes] + ([] if args.no_reference else [("reference", 8)])
+    runs = [("ours", b) for b in args.batch_sizes]
+    if not args.no_reference:  # measured in the middle of the sequence, so that slow load drift hits both sides
+        runs.insert(len(runs) // 2, ("reference", 8))
     results = []
     tmp = Path(tempfile.mkdtemp(prefix="pdfgc_bench_"))
     for approach, bs in runs:
@@ -194,7 +205,7 @@ def main(argv=None) -> int:
         save = tmp / f"{approach}_{bs}.npy"
         cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--batch-size", str(bs),
                "--frames", str(args.frames), "--threads", str(args.threads), "--device", args.device,
-               "--model", args.model, "--save", str(save), "--drivers", args.drivers]
+               "--model", args.model, "--save", str(save), "--drivers", args.drivers, "--repeats", str(args.repeats)]
         print(f"running {approach} batch {bs} ...", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
@@ -206,7 +217,8 @@ def main(argv=None) -> int:
         results.append(r)
 
     print(f"\nPD-FGC inference, {args.model} model ({results[0]['device']}, {args.threads} threads, "
-          f"{args.frames} frames, random weights; drivers: {DRIVER_SCENARIOS[args.drivers]})\n")
+          f"{args.frames} frames, best of {args.repeats}, random weights; drivers: "
+          f"{DRIVER_SCENARIOS[args.drivers]})\n")
     head = ("| approach | batch | frames/s | s/frame | CPU s/frame | appearance | motion | audio | generator | "
             "driver images encoded | peak RSS MiB | RSS over model MiB |")
     print(head)

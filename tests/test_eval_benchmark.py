@@ -128,3 +128,11 @@ def test_videos_cli_identical_and_different(tmp_path, capsys):
     assert a["csim"] == pytest.approx(1.0, abs=1e-9)
     assert b["psnr"] < 30 and b["ssim"] < 0.95 and b["csim"] < 1.0
     assert "| video |" in capsys.readouterr().out
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    from pdfgc.eval.__main__ import main
+
+    assert main(["videos", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --pred") and "not a folder of videos" in err and "Traceback" not in err

@@ -316,3 +316,11 @@ def test_infer_script_exits_2_with_one_line_and_no_traceback(assets, tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert os.listdir(tmp_path) == []  # Hydra wrote nothing (no outputs/, .hydra/ or log files)
+
+
+def test_face_alignment_backend_without_weights_says_where_to_get_them(assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache: nothing may be downloaded
+    msg = run_expect_error(base(assets, tmp_path / "o.mp4", landmarks="face_alignment", controls="[mouth]"),
+                           "landmarks=face_alignment")
+    assert "2DFAN4" in msg and "landmarks=dlib" in msg and "landmark_weights=DIR" in msg

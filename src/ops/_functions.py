@@ -9,7 +9,8 @@ is fixed, so each backward is again the same kind of op and is expressed with th
     CPU). The backward of that masked scale is the same masked scale, and the output does not depend on x
     through the mask (piecewise linear), so second derivatives w.r.t. x are zero.
 Plain backward calls the kernels directly; with create_graph=True the same Functions are applied, so the graph
-stays differentiable.
+stays differentiable. On CPU the activation's graph is built by the C++ twin of these Functions
+(`fused_lrelu_autograd` in csrc/fused_act_cpu.cpp), which saves a Python round trip per call.
 The kernel of upfirdn2d is treated as a constant (no gradient): the dispatcher sends kernels that require grad
 to the reference implementation.
 """
@@ -54,9 +55,11 @@ class UpFirDn2d(torch.autograd.Function):
 
 def fused_leaky_relu_ext(x, bias, slope: float, scale: float, backend: str):
     """Compiled fused leaky ReLU; builds the autograd graph only when a gradient is needed."""
-    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
-        return FusedLeakyReLUFn.apply(x, bias, float(slope), float(scale), backend)
     ops = _ext.get(_ACT_EXT[backend])
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        if backend == "cpu":  # the same graph as FusedLeakyReLUFn, built in C++ (no Python per call)
+            return ops.fused_lrelu_autograd(x, bias, float(slope), float(scale))
+        return FusedLeakyReLUFn.apply(x, bias, float(slope), float(scale), backend)
     b = None if bias is None else bias.reshape(-1)
     if backend == "cpu":
         return ops.fused_lrelu(x, b, float(slope), float(scale))  # no mask written at all

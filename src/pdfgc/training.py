@@ -277,8 +277,14 @@ def run_stage(cfg) -> dict:
     callbacks = _instantiate_callbacks(cfg)
     iterations = int(cfg.stage.iterations)
     max_steps = type(module).optimizer_steps(iterations, _to_dict(cfg.stage))
+    extra = {}
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    if cfg.trainer.get("sync_batchnorm") and (accel == "cpu" or not torch.cuda.is_available()):
+        # torch's SyncBatchNorm is CUDA-only; on CPU (gloo) each process keeps its own BN statistics.
+        log.warning("trainer.sync_batchnorm=true ignored: SyncBatchNorm needs CUDA (running on CPU)")
+        extra["sync_batchnorm"] = False
     trainer = instantiate(cfg.trainer, logger=loggers if loggers else False, callbacks=callbacks,
-                          plugins=[AtomicCheckpointIO()], max_steps=max_steps, enable_checkpointing=False)
+                          plugins=[AtomicCheckpointIO()], max_steps=max_steps, enable_checkpointing=False, **extra)
     resolved = _to_dict(cfg)
     for lg in loggers:
         lg.log_hyperparams({"config": resolved, "ops_backend": _backend_info(), "stage": str(cfg.stage.name),

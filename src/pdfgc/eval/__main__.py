@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:  # user errors: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     if args.command == "videos":
         from pdfgc.eval.videos import evaluate_videos
 

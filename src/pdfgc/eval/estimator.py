@@ -24,6 +24,9 @@ REG_FACTORS = (("pose", 6), ("gaze", 2), ("eye_open", 2), ("mouth", 2), ("emotio
 REG_DIM = sum(w for _, w in REG_FACTORS)
 NUM_EMOTIONS = 5  # pdfgc.data.synthetic.EMOTIONS (neutral, happy, sad, angry, surprised)
 ESTIMATOR_FORMAT = 1
+DEFAULT_LOSS_WEIGHTS = {"gaze": 4.0}
+# x0, y0, x1, y1 (fractions of the image) that hold both eyes of an aligned crop at every synthetic pose
+EYE_BAND = (0.15, 0.04, 0.85, 0.44)
 
 
 def _conv(i: int, o: int, k: int = 3, stride: int = 2) -> list[nn.Module]:
@@ -37,11 +40,13 @@ class FactorEstimator(nn.Module):
     flattened, not pooled, because pose translation and gaze are positions.
     """
 
-    def __init__(self, image_size: int = 56, width: int = 24, num_emotions: int = NUM_EMOTIONS):
+    def __init__(self, image_size: int = 56, width: int = 24, num_emotions: int = NUM_EMOTIONS,
+                 eye_branch: bool = True):
         super().__init__()
         self.image_size = int(image_size)
         self.width = int(width)
         self.num_emotions = int(num_emotions)
+        self.eye_branch = bool(eye_branch)
         w = self.width
         # one full-resolution layer keeps the few-pixel details (iris, lids, lips), then four stride-2 layers
         self.features = nn.Sequential(*_conv(3, w // 2, 5, 1), *_conv(w // 2, w), *_conv(w, 2 * w),
@@ -49,7 +54,14 @@ class FactorEstimator(nn.Module):
         side = self.image_size
         for _ in range(4):
             side = (side + 1) // 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * side * side, 256), nn.ReLU(inplace=True),
+        feat = 4 * w * side * side
+        if self.eye_branch:
+            # gaze moves the iris by 1-2 pixels at 56 px: a branch over the eye band (where aligned crops put the
+            # eyes, SPEC 1.3 template, at every pose of the synthetic data) that downsamples only twice
+            self.eye = nn.Sequential(*_conv(3, w // 2, 3, 1), *_conv(w // 2, w, 3, 1), *_conv(w, 2 * w),
+                                     *_conv(2 * w, 2 * w), nn.AdaptiveAvgPool2d((2, 4)))
+            feat += 2 * w * 8
+        self.head = nn.Sequential(nn.Linear(feat, 256), nn.ReLU(inplace=True),
                                   nn.Linear(256, REG_DIM + self.num_emotions))
         self.register_buffer("mean", torch.zeros(REG_DIM))
         self.register_buffer("std", torch.ones(REG_DIM))
@@ -58,7 +70,12 @@ class FactorEstimator(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=True)
-        out = self.head(self.features(x))
+        h = self.features(x).flatten(1)
+        if self.eye_branch:
+            s = self.image_size
+            x0, y0, x1, y1 = (round(v * s) for v in EYE_BAND)
+            h = torch.cat([h, self.eye(x[:, :, y0:y1, x0:x1]).flatten(1)], dim=1)
+        out = self.head(h)
         return {"reg": out[:, :REG_DIM], "logits": out[:, REG_DIM:]}
 
     @torch.inference_mode()
@@ -192,7 +209,9 @@ def evaluate_estimator(est: FactorEstimator, frames: np.ndarray, factors: dict) 
 
 def train_estimator(train_source, test_source=None, steps: int = 1500, batch_size: int = 32, lr: float = 3e-3,
                     num_clips: int = 400, frames_per_clip: int = 16, width: int = 24, seed: int = 0,
-                    test_clips: int = 80, progress: bool = True, log=print) -> FactorEstimator:
+                    test_clips: int = 80, eye_branch: bool = True, loss_weights: dict | None = None,
+                    progress: bool = True,
+                    log=print) -> FactorEstimator:
     """Train a `FactorEstimator` on renders of `train_source` (a synthetic ClipSource with ground truth).
 
     A fixed pool of `num_clips * frames_per_clip` frames is rendered once, then `steps` Adam steps of
@@ -200,15 +219,18 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
     With `test_source`, the held-out accuracy (`evaluate_estimator`) is stored in `est.metrics`.
     """
     t0 = time.perf_counter()
+    loss_weights = DEFAULT_LOSS_WEIGHTS if loss_weights is None else loss_weights
     gen = torch.Generator().manual_seed(seed)
     frames, facts = render_decorrelated(train_source, num_clips, frames_per_clip, seed=seed, progress=progress,
                                         desc="estimator: render train")
     x_all = to_tensor(frames)
     y_all = torch.from_numpy(_stack_targets(facts))
     cls_all = torch.from_numpy(np.asarray(facts["emotion"], np.int64))
-    est = FactorEstimator(image_size=train_source.image_size, width=width)
+    est = FactorEstimator(image_size=train_source.image_size, width=width, eye_branch=eye_branch)
     est.mean.copy_(y_all.nanmean(0) if hasattr(y_all, "nanmean") else y_all.mean(0))
     est.std.copy_(torch.from_numpy(np.nanstd(y_all.numpy(), axis=0)).clamp_min(1e-3))
+    # per-output loss weights: the few-pixel factors (gaze) get more weight so they are not drowned by pose
+    reg_w = torch.cat([torch.full((w,), float(loss_weights.get(name, 1.0))) for name, w in REG_FACTORS])
     opt = torch.optim.Adam(est.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     est.train()
@@ -227,7 +249,7 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
         out = est(x)
         y = (y_all[idx] - est.mean) / est.std
         mask = torch.isfinite(y)
-        loss_reg = F.mse_loss(out["reg"][mask], y[mask])
+        loss_reg = (((out["reg"] - y.nan_to_num()) ** 2) * mask * reg_w).sum() / (mask * reg_w).sum()
         loss_cls = F.cross_entropy(out["logits"], cls_all[idx])
         loss = loss_reg + 0.5 * loss_cls
         opt.zero_grad(set_to_none=True)
@@ -248,6 +270,7 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
         est.metrics["natural"] = evaluate_estimator(est, tf, tfa)
     est.spec = dict(image_size=train_source.image_size, steps=steps, batch_size=batch_size, lr=lr,
                     num_clips=num_clips, frames_per_clip=frames_per_clip, width=width, seed=seed,
+                    eye_branch=eye_branch,
                     data_seed=getattr(train_source, "seed", None))
     if log is not None:
         m = est.metrics
@@ -266,7 +289,7 @@ def save_estimator(est: FactorEstimator, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = dict(format=ESTIMATOR_FORMAT, image_size=est.image_size, width=est.width,
-                num_emotions=est.num_emotions, state_dict=est.state_dict(),
+                num_emotions=est.num_emotions, eye_branch=est.eye_branch, state_dict=est.state_dict(),
                 metrics=getattr(est, "metrics", {}), spec=getattr(est, "spec", {}))
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -290,7 +313,7 @@ def load_estimator(path, device: str | torch.device = "cpu") -> FactorEstimator:
         raise ValueError(f"factor estimator {path}: not a pdfgc estimator file (format "
                          f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}, expected "
                          f"{ESTIMATOR_FORMAT}); delete it to retrain")
-    est = FactorEstimator(blob["image_size"], blob["width"], blob["num_emotions"])
+    est = FactorEstimator(blob["image_size"], blob["width"], blob["num_emotions"], blob.get("eye_branch", False))
     est.load_state_dict(blob["state_dict"])
     est.metrics = blob.get("metrics", {})
     est.spec = blob.get("spec", {})

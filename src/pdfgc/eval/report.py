@@ -139,14 +139,16 @@ def leakage_heatmap(report: dict, path) -> Path:
     path = Path(path)
     factors = report["factors"]
     mats = report["leakage"]
-    fig, axes = plt.subplots(1, len(mats), figsize=(3.6 * len(mats), 3.6), squeeze=False)
-    for ax, (m, mat) in zip(axes[0], mats.items()):
+    fig, axes = plt.subplots(1, len(mats), figsize=(3.4 * len(mats) + 1.0, 3.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.08)
+    for k, (ax, (m, mat)) in enumerate(zip(axes[0], mats.items())):
         a = np.asarray(mat, dtype=float)
         im = ax.imshow(a, vmin=0.0, vmax=max(1.0, float(np.nanmax(a)) if a.size else 1.0), cmap="magma")
         ax.set_xticks(range(len(factors)), factors, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(factors)), factors, fontsize=8)
+        ax.set_yticks(range(len(factors)), factors if k == 0 else [], fontsize=8)
         ax.set_xlabel("factor moved", fontsize=8)
-        ax.set_ylabel("driver changed", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("driver changed", fontsize=8)
         ax.set_title(METHOD_LABELS.get(m, m), fontsize=9)
         for r in range(a.shape[0]):
             for c in range(a.shape[1]):

@@ -60,7 +60,8 @@ def landmark_backend(backend: str = "dlib", weights=None):
     try:
         return L.get_backend(backend, **kwargs)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        raise PipelineError(f"landmarks={backend}: {e}") from e
+        raise PipelineError(f"landmarks={backend}: {e} [infer.py: pass landmark_weights=DIR, or landmarks=dlib; "
+                            "or give aligned 224x224 crops]") from e
 
 
 def align(frames: np.ndarray, sequence: bool, backend: str = "dlib", weights=None, name: str = "input"
