@@ -74,6 +74,52 @@ def _build(approach: str, model: str):
         return PDFGCModels.from_config(cfg).eval()
 
 
+def _peak_alloc_mib(fn, device) -> float:
+    """Peak of the memory allocated while `fn()` runs, above what was allocated before (MiB): activations and
+    temporaries of one network call. CPU: running sum of the profiler's allocation/free records of leaf ops;
+    CUDA: torch.cuda.max_memory_allocated."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if not e.cpu_children and e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    run = peak = 0
+    for e in events:
+        run += e.cpu_memory_usage
+        peak = max(peak, run)
+    return peak / 2 ** 20
+
+
+def network_peaks(models, batch: int, size: int, device) -> dict:
+    """Working memory (MiB) of one call of each network at `batch` (appearance: one image, as in inference)."""
+    import torch
+
+    from pdfgc.constants import STYLE_DIM
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
+    mel = torch.rand(batch, 1, 80, 20, generator=g).to(device)
+    with torch.inference_mode():
+        f_app, f_sp = models.appearance(x[:1])
+        style = torch.randn(batch, f_app.shape[1] + STYLE_DIM - 2048, generator=g).to(device)
+        return {
+            "appearance": _peak_alloc_mib(lambda: models.appearance(x[:1]), device),
+            "motion": _peak_alloc_mib(lambda: models.motion(x.contiguous(memory_format=torch.channels_last)), device),
+            "audio": _peak_alloc_mib(lambda: models.audio(mel), device),
+            "generator": _peak_alloc_mib(lambda: models.generator(style, f_sp.expand(batch, -1, -1, -1)), device),
+        }
+
+
 def reference_generate(models, src, mel, pose, exp, eye, batch: int, device, timings: dict):
     """The reference loop (SPEC 1.5-1.8): per batch of 8, the pose|exp|eye slices are concatenated (3b images) and
     encoded together, the audio batch is encoded; post-processing over the whole sequence; generator per batch."""
@@ -156,15 +202,18 @@ def worker(args) -> dict:
                 best = run if best is None or run[0] < best[0] else best
             total, cpu, timings = best
             encoded = pipe.last_encoded
+    rss_peak = _rss_mib()  # before the per-network memory pass (the profiler has its own overhead)
+    net_mem = network_peaks(models, args.batch_size if args.approach == "ours" else 8, size, device) \
+        if args.net_memory else {}
     if args.save:
         import numpy as np
 
         np.save(args.save, out.numpy())
     res = dict(approach=args.approach, batch=args.batch_size if args.approach == "ours" else 8,
                frames=args.frames, total_s=total, fps=args.frames / total, encoded=encoded,
-               cpu_s_per_frame=cpu / args.frames, repeats=args.repeats,
+               cpu_s_per_frame=cpu / args.frames, repeats=args.repeats, net_mem_mib=net_mem,
                per_frame={k: timings.get(k, 0.0) / args.frames for k in NETS},
-               rss_start_mib=rss0, rss_model_mib=rss_model, rss_peak_mib=_rss_mib(), threads=args.threads,
+               rss_start_mib=rss0, rss_model_mib=rss_model, rss_peak_mib=rss_peak, threads=args.threads,
                device=str(device))
     if device.type == "cuda":
         res["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -177,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration; the fastest is kept")
+    ap.add_argument("--no-net-memory", dest="net_memory", action="store_false",
+                    help="skip the per-network working-memory pass (one extra call of each network)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default="pdfgc", help="model config name (pdfgc = released architecture)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference-approach run")
@@ -206,6 +257,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--worker", "--approach", approach, "--batch-size", str(bs),
                "--frames", str(args.frames), "--threads", str(args.threads), "--device", args.device,
                "--model", args.model, "--save", str(save), "--drivers", args.drivers, "--repeats", str(args.repeats)]
+        if not args.net_memory:
+            cmd.append("--no-net-memory")
         print(f"running {approach} batch {bs} ...", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
@@ -233,6 +286,16 @@ def main(argv=None) -> int:
     print("\n(per-network columns: wall seconds per output frame; the appearance encoder runs once per video. "
           "CPU s/frame = user+system CPU time of the process: on a machine shared with other jobs it is a steadier "
           "measure than wall time)")
+    if any(r["net_mem_mib"] for r in results):
+        print("\nWorking memory of one call of each network (MiB, activations + temporaries above the weights; "
+              "appearance: 1 image):\n")
+        print("| approach | batch | " + " | ".join(NETS) + " |")
+        print("|" + "---|" * (2 + len(NETS)))
+        for r in results:
+            if r["net_mem_mib"]:
+                print(f"| {r['approach']} | {r['batch']} | "
+                      + " | ".join(f"{r['net_mem_mib'][k]:.0f}" for k in NETS) + " |")
+    print()
     ref = next((r for r in results if r["approach"] == "reference"), None)
     if ref is not None:
         import numpy as np

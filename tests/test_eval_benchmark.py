@@ -136,3 +136,33 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["videos", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --pred") and "not a folder of videos" in err and "Traceback" not in err
+
+
+class _PoseOnlyPipeline:
+    """A stand-in model with known behaviour: with `headpose` on it outputs the pose driver frames, otherwise the
+    source image. Its pose control is perfect and it leaks everything the pose driver carries."""
+
+    image_size = SIZE
+
+    def generate(self, source, mel, pose=None, exp=None, eye=None, controls=("all",), drop_leading=True):
+        from pdfgc.pipeline import parse_controls
+
+        assert not drop_leading  # the benchmark aligns output frame i with driver frame i + 2 itself
+        if parse_controls(controls).headpose:
+            return pose.clone()
+        return source.expand(mel.shape[0], -1, -1, -1).clone()
+
+
+def test_benchmark_model_path_and_control_off_with_known_model(estimator, tmp_path):
+    rep = run_synthetic_benchmark(_PoseOnlyPipeline(), tmp_path, estimator=estimator, clips=2, frames=6,
+                                  progress=False, log=None, write=False)
+    ctrl = rep["control"]
+    # headpose on: the output is the driver itself, so the error equals the estimator's error on the driver
+    assert ctrl["model"]["pose"]["err"] == pytest.approx(ctrl["estimator_on_driver"]["pose"]["err"])
+    # headpose off: the output is the source frame, exactly the copy-source baseline
+    assert ctrl["model_control_off"]["pose"]["err"] == pytest.approx(ctrl["copy_source"]["pose"]["err"])
+    # other controls off change nothing for this model
+    assert ctrl["model_control_off"]["mouth"]["err"] == pytest.approx(ctrl["model"]["mouth"]["err"])
+    leak = np.asarray(rep["leakage"]["model"])
+    np.testing.assert_allclose(leak[FACTORS.index("pose")], np.ones(5), rtol=1e-6)
+    assert np.count_nonzero(np.delete(leak, FACTORS.index("pose"), axis=0)) == 0

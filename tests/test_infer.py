@@ -259,6 +259,13 @@ def test_empty_and_silent_and_short_audio(assets, tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".tmp_*"))
 
 
+def test_unreadable_image(assets, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    run_expect_error(base(assets, tmp_path / "o.mp4", source=str(bad), controls="[mouth]"),
+                     "broken.png: cannot read as an image")
+
+
 def test_image_without_a_face(assets, tmp_path):
     import cv2
 

@@ -467,3 +467,23 @@ def test_fused_leaky_relu_mask_path_channels_last_gradients(impl):
         if gx.requires_grad:
             (ggx,) = torch.autograd.grad(gx.sum(), x, allow_unused=True)
             assert ggx is None or torch.count_nonzero(ggx) == 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 17), (3, 2, 300)])  # planes >= 128 elements: the per-plane kernels
+def test_fused_leaky_relu_large_planes_values_and_gradients(impl, shape):
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(*shape, dtype=torch.float64, generator=g)
+    bias = torch.randn(shape[1], dtype=torch.float64, generator=g)
+    gy = torch.randn(*shape, dtype=torch.float64, generator=g)
+    z = base.numpy() + bias.numpy().reshape([1, -1] + [1] * (len(shape) - 2))
+    axes = (0,) + tuple(range(2, len(shape)))
+    for slope, scale in [(0.2, math.sqrt(2)), (-0.3, 0.7)]:  # output-based and mask-based backward
+        x = base.clone().requires_grad_(True)
+        b = bias.clone().requires_grad_(True)
+        y = pdfgc_ops.fused_leaky_relu(x, b, slope, scale, impl=impl)
+        np.testing.assert_allclose(y.detach().numpy(), act_oracle(base.numpy(), bias.numpy(), slope, scale),
+                                   rtol=1e-14, atol=1e-14)
+        y.backward(gy)
+        dz = gy.numpy() * np.where(z >= 0, scale, scale * slope)
+        np.testing.assert_allclose(x.grad.numpy(), dz, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(b.grad.numpy(), dz.sum(axis=axes), rtol=1e-12, atol=1e-12)

@@ -65,8 +65,9 @@ def factor_vectors(f: dict, predicted: bool) -> dict[str, np.ndarray]:
 def _as_pipeline(models_or_ckpt, device):
     from pdfgc.pipeline import Pipeline
 
-    if isinstance(models_or_ckpt, Pipeline):
-        return models_or_ckpt
+    if isinstance(models_or_ckpt, Pipeline) or (hasattr(models_or_ckpt, "generate")
+                                                 and hasattr(models_or_ckpt, "image_size")):
+        return models_or_ckpt  # a Pipeline, or any object with its `generate` / `image_size` (tests, wrappers)
     if isinstance(models_or_ckpt, (str, Path)):
         return Pipeline.from_pretrained(models_or_ckpt, device=device)
     return Pipeline(models_or_ckpt, device=device)
@@ -106,7 +107,8 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
     """Run the disentanglement benchmark and write `report.json`, `report.md` and `leakage.png` to `out_dir`.
 
     Args:
-        models_or_ckpt: a `PDFGCModels`, a `Pipeline`, or a checkpoint folder (official or pdfgc export).
+        models_or_ckpt: a `PDFGCModels`, a `Pipeline` (or an object with the same `generate` and
+            `image_size`), or a checkpoint folder (official or pdfgc export).
         out_dir: output folder (created).
         estimator: a `FactorEstimator`, a path (loaded if it exists, else trained and saved there), or None
             (trained and saved as `out_dir/estimator.pt`).

@@ -14,7 +14,7 @@ METHOD_LABELS = {"model": "model", "copy_source": "copy source", "copy_driver": 
                  "model_control_off": "model, control off", "estimator_on_driver": "estimator on driver"}
 
 
-RELIABLE_R2 = 0.3  # estimator held-out R^2 below which a factor's numbers are flagged
+RELIABLE_R2 = 0.25  # estimator held-out R^2 below which a factor's numbers are flagged
 # benchmark factor -> estimator regression output whose R^2 tells whether the factor is readable
 _R2_KEY = {"mouth": "mouth", "pose": "pose", "gaze": "gaze", "blink": "eye_open", "emotion": "emotion_intensity"}
 
