@@ -17,9 +17,9 @@ emotion (class probabilities x intensity; ground truth one-hot x intensity).
   pairs of test frames): 0 = exact, ~1 = no better than ignoring the driver;
 - leakage[r, c]: change only the driver of row factor r (d -> d2) and measure how much factor c moves in the
   output, in units of how much the estimator sees c move between the real driver frames d and d2 (so copying
-  the changed driver scores 1 across the row); the ideal matrix is the identity (the diagonal = response). The gaze and blink
-  rows swap the eye driver with the other eye control off (blink off for the gaze row, gaze off for the blink row),
-  using the official control masks to isolate them;
+  the changed driver scores 1 across the row); the ideal matrix is the identity (the diagonal = response). The
+  gaze and blink rows swap the eye driver with the other eye control off (blink off for the gaze row, gaze off for
+  the blink row), using the official control masks to isolate them;
 - methods: the trained model (via `Pipeline.generate`), "copy source" (the source frame, no motion), "copy driver"
   (the pose driver's frame, no identity), and the model with each control switched off.
 """
