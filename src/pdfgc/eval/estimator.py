@@ -226,7 +226,9 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
     x_all = to_tensor(frames)
     y_all = torch.from_numpy(_stack_targets(facts))
     cls_all = torch.from_numpy(np.asarray(facts["emotion"], np.int64))
-    est = FactorEstimator(image_size=train_source.image_size, width=width, eye_branch=eye_branch)
+    with torch.random.fork_rng():  # seeded initialisation without touching the caller's global RNG
+        torch.manual_seed(seed)
+        est = FactorEstimator(image_size=train_source.image_size, width=width, eye_branch=eye_branch)
     est.mean.copy_(y_all.nanmean(0) if hasattr(y_all, "nanmean") else y_all.mean(0))
     est.std.copy_(torch.from_numpy(np.nanstd(y_all.numpy(), axis=0)).clamp_min(1e-3))
     # per-output loss weights: the few-pixel factors (gaze) get more weight so they are not drowned by pose

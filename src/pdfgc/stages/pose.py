@@ -15,6 +15,13 @@ class PoseStage(StageModule):
     TRAINABLE = {"motion": ("to_headpose", "headpose_embed")}
     LOSS_TERMS = ("pose",)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.batch_size < 2:
+            # The reference heads are Linear-ReLU-BatchNorm1d-Linear: a trained BN1d needs >= 2 rows per batch.
+            raise ValueError(f"stage.batch_size={self.batch_size}: the pose stage trains the head's BatchNorm1d, "
+                             "which needs at least 2 samples per batch (per process); use stage.batch_size>=2")
+
     def compute_losses(self, batch):
         pred = self.nets["motion"].encode(batch["frames"], heads=("pose",))["pose"]
         target = batch["pose"].to(pred.dtype)
