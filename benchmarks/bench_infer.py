@@ -76,7 +76,7 @@ def _build(approach: str, model: str):
 
 def _peak_alloc_mib(fn, device) -> float:
     """Peak of the memory allocated while `fn()` runs, above what was allocated before (MiB): activations and
-    temporaries of one network call. CPU: running sum of the profiler's allocation/free records of leaf ops;
+    temporaries of one network call. CPU: running sum of the profiler's per-op (self) allocation/free records;
     CUDA: torch.cuda.max_memory_allocated."""
     import torch
 
@@ -91,11 +91,12 @@ def _peak_alloc_mib(fn, device) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if not e.cpu_children and e.cpu_memory_usage),
-                    key=lambda e: e.time_range.start)
+    # each op's own allocations minus frees (children excluded), in start order; the running sum's maximum is the
+    # peak (allocations and frees balance to ~0 at the end)
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     run = peak = 0
     for e in events:
-        run += e.cpu_memory_usage
+        run += e.self_cpu_memory_usage
         peak = max(peak, run)
     return peak / 2 ** 20
 

@@ -209,3 +209,12 @@ def test_copy_overlapping_copies_leading_block():
     rep = copy_overlapping(dst, src)
     assert rep == {"copied": ["bias"], "partial": ["weight"], "skipped": []}
     assert torch.equal(dst.weight[:, :4], src["weight"]) and torch.equal(dst.weight[:, 4], init[:, 4])
+
+
+def test_resume_from_final_last_ckpt_extends_training(tmp_path):
+    """The last.ckpt written at the end of a run continues when stage.iterations is raised."""
+    from pdfgc.training import run_stage
+
+    a = run_stage(compose_cfg(tmp_path / "a", *small("pose"), "stage.iterations=2"))
+    b = run_stage(compose_cfg(tmp_path / "b", *small("pose"), "stage.iterations=5", f"ckpt_path={a['last_ckpt']}"))
+    assert b["module"].iteration == 5 and b["trainer"].global_step == 5

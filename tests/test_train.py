@@ -1,5 +1,5 @@
 """train(cfg) end to end: the progressive chain with export, checkpoint atomicity, the resumable sampler, the CLI,
-loggers, the overfit check (slow) and DDP on CPU/gloo (slow)."""
+loggers, the overfit check and DDP on CPU/gloo (slow)."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,8 @@ CHAIN_SMALL = ["experiment=demo", "demo.enabled=false", "data.num_workers=0",
                *[f"chain_stages.{s}.iterations=1" for s in ("motion", "lip", "pose", "eye", "emo")],
                *[f"chain_stages.{s}.batch_size=2" for s in ("motion", "lip", "pose", "eye", "emo")],
                *[f"chain_stages.{s}.log.sample_every=1" for s in ("motion", "emo")],
-               "chain_stages.emo.loss.bank_size=8"]
+               "chain_stages.emo.loss.bank_size=8",
+               "chain_stages.lip.trainable=null"]  # the recipe's freezing (the demo fine-tunes the trunk in lip)
 
 
 def test_chain_init_from_carry_and_export(tmp_path):
@@ -116,7 +117,6 @@ def test_wandb_logger_goes_offline_without_a_key(tmp_path, monkeypatch):
     assert list(tmp_path.rglob("offline-run-*")), "no offline wandb run directory was written"
 
 
-@pytest.mark.slow
 def test_overfit_four_samples_reconstruction_falls(tmp_path):
     import csv
 
@@ -135,7 +135,7 @@ def test_overfit_four_samples_reconstruction_falls(tmp_path):
     assert last < 0.6 * first, (first, last)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~15 s idle, ~55 s under load; a subprocess pair with a gloo rendezvous: kept out of the default
 def test_ddp_two_cpu_processes_gloo(tmp_path):
     # a GAN stage: G and D are toggled inside one DDP-wrapped module (unused-parameter detection on)
     out = subprocess.run([sys.executable, "train.py", "stage=motion", "trainer=ddp", "trainer.devices=2",
