@@ -218,3 +218,61 @@ def test_resume_from_final_last_ckpt_extends_training(tmp_path):
     a = run_stage(compose_cfg(tmp_path / "a", *small("pose"), "stage.iterations=2"))
     b = run_stage(compose_cfg(tmp_path / "b", *small("pose"), "stage.iterations=5", f"ckpt_path={a['last_ckpt']}"))
     assert b["module"].iteration == 5 and b["trainer"].global_step == 5
+
+
+def test_copy_overlapping_keeps_effective_equal_linear_weight():
+    """An EqualLinear (in 4) copied into a wider one (in 6): with zeros in the new inputs both layers must compute
+    the same output (the effective weight is weight / sqrt(in), so the raw block must grow by sqrt(6/4))."""
+    from pdfgc.models.layers import EqualLinear
+    from pdfgc.stages.base import copy_overlapping
+
+    torch.manual_seed(0)
+    small_, wide = EqualLinear(4, 3, bias_init=1.0), EqualLinear(6, 3)
+    rep = copy_overlapping(wide, small_.state_dict())
+    assert rep["partial"] == ["weight"] and rep["copied"] == ["bias"]
+    x = torch.randn(5, 4)
+    x6 = torch.cat([x, torch.zeros(5, 2)], 1)
+    # hand-computed oracle: y = x W^T / sqrt(4) + b
+    expect = x @ small_.weight.detach().t() / 2.0 + 1.0
+    assert torch.allclose(small_(x), expect, atol=1e-6)
+    assert torch.allclose(wide(x6), expect, atol=1e-6)
+
+
+def test_g0_transfer_makes_g_render_like_g0(tmp_path):
+    """`stage.g0_transfer`: when the unified motion f is an exact linear function of the codes, G fed with
+    [f_app | lip=0 | codes] must render the same image as G0 fed with [f_app | f] (oracle: G0 itself), for codes the
+    fit never saw, in both G and its EMA."""
+    from pdfgc.stages.base import components_from_checkpoint, instantiate_component
+    from pdfgc.models.latent import assemble_style
+    from pdfgc.training import build_module, run_stage
+
+    r = run_stage(compose_cfg(tmp_path / "m", *small("motion"), "stage.iterations=1"))
+    cfg = compose_cfg(tmp_path / "e", *small("emo"), f"stage.init_from={r['last_ckpt']}",
+                      "stage.g0_transfer.enabled=true", "stage.g0_transfer.ridge=1e-4")
+    m = build_module(cfg)
+    g0 = instantiate_component(dict(cfg.model), "generator0")
+    g0.load_state_dict(components_from_checkpoint(torch.load(r["last_ckpt"], weights_only=False))["generator0_ema"])
+    g0.eval()
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(8, 64, generator=gen)  # f lives in an 8-d subspace ...
+    mix = {k: torch.randn(8, d, generator=gen) for k, d in (("emo", 30), ("eye", 6), ("pose", 6))}
+
+    def fake_encode(x, heads=()):  # ... and every code is a linear image of the same 8 latent numbers
+        u = torch.randn(x.shape[0], 8, generator=gen)
+        return {"motion": u @ basis, **{k: u @ w for k, w in mix.items()}}
+
+    m.nets["motion"].encode = fake_encode
+    info = m.transfer_g0_motion({"frames": torch.zeros(4, 5, 3, 56, 56)})
+    assert info["r2"] > 0.999
+    new = fake_encode(torch.zeros(6, 1))
+    f_app, f_sp = torch.randn(6, 128, generator=gen), torch.randn(6, 32, 7, 7, generator=gen)
+    with torch.no_grad():
+        want = g0(torch.cat([f_app, new["motion"]], 1), f_sp, noise_mode="const")
+        style = assemble_style(f_app, torch.zeros(6, 500), new["emo"], new["eye"], new["pose"])
+        for g in (m.generator, m.ema.shadow):
+            got = g.eval()(style, f_sp, noise_mode="const")
+            assert (got - want).abs().max() < 2e-3, (got - want).abs().max()
+    # without the transfer the same G ignores the codes' motion: the oracle must be able to fail
+    m2 = build_module(cfg)
+    with torch.no_grad():
+        assert (m2.generator.eval()(style, f_sp, noise_mode="const") - want).abs().max() > 1e-2

@@ -74,9 +74,18 @@ def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -
     """Initialise `target` from a state_dict of a related architecture: equal shapes are copied; tensors with the
     same rank whose shapes differ get their leading overlapping block copied (e.g. the f_app columns of a
     modulation weight (C, app+512) -> (C, app+542): the leading columns are f_app in both layouts); the rest keep
-    their init. Returns {"copied": [...], "partial": [...], "skipped": [...]} key lists."""
+    their init. Returns {"copied": [...], "partial": [...], "skipped": [...]} key lists.
+
+    Equalised-lr linear layers (`EqualLinear`: effective weight = weight * lr_mul / sqrt(in_dim)) whose input width
+    differs get their copied block multiplied by sqrt(in_dst / in_src), so that the copied columns keep the
+    *effective* weight of the source: without it the f_app columns of G0 (in 128+64) lose 46 % of their influence
+    when copied into G (in 128+542), and the emo stage starts from a generator that no longer renders stage 1's
+    faces."""
+    import math
+
     report: dict[str, list[str]] = {"copied": [], "partial": [], "skipped": []}
     own = target.state_dict()
+    modules = dict(target.named_modules())
     with torch.no_grad():
         for key, dst in own.items():
             src = source_sd.get(key)
@@ -88,7 +97,12 @@ def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -
                 report["copied"].append(key)
             else:
                 region = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, dst.shape))
-                dst[region].copy_(src[region])
+                block = src[region]
+                owner = modules.get(key.rsplit(".", 1)[0] if "." in key else "")
+                if (key.endswith("weight") and dst.ndim == 2 and src.shape[1] != dst.shape[1]
+                        and type(owner).__name__ == "EqualLinear"):
+                    block = block * math.sqrt(dst.shape[1] / src.shape[1])
+                dst[region].copy_(block)
                 report["partial"].append(key)
     return report
 

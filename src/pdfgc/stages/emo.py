@@ -21,6 +21,17 @@ from pdfgc.stages.base import GANStage
 from pdfgc.stages.common import PerceptualHolder
 
 
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression y ~ a @ x + b on standardised columns of x: x (n,p), y (n,q) -> a (q,p), b (q,).
+    `lam` is the ridge in units of standardised x (0 = least squares); the intercept is not penalised."""
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-4)
+    z = (x - mu) / sd
+    ym = y.mean(0)
+    a_std = torch.linalg.solve(z.t() @ z + lam * torch.eye(z.shape[1], dtype=z.dtype), z.t() @ (y - ym))
+    a = (a_std / sd[:, None]).t()
+    return a, ym - a @ mu
+
+
 class EmoStage(GANStage):
     STAGE = "emo"
     COMPONENTS = ("appearance", "motion", "audio", "generator", "discriminator")
@@ -37,6 +48,89 @@ class EmoStage(GANStage):
         size = int(self.cfg("loss.bank_size", 1024))
         self.bank_emo = MemoryBank(emo_dim, size)
         self.bank_aud = MemoryBank(aud_dim, size)
+
+    def init_from(self, path: str) -> dict[str, str]:
+        report = super().init_from(path)
+        self._g0_src = None
+        if self.cfg("g0_transfer.enabled", False) and "generator0" in str(report.get("generator", "")):
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            from pdfgc.stages.base import components_from_checkpoint
+
+            comps = components_from_checkpoint(ckpt)
+            sd = comps.get("generator0_ema", comps.get("generator0"))
+            self._g0_src = {k: v.clone() for k, v in sd.items() if k.endswith(("modulation.weight", "modulation.bias"))}
+        return report
+
+    @torch.no_grad()
+    def transfer_g0_motion(self, batch) -> dict[str, float]:
+        """Give G's emo/eye/pose style columns what G0 did with the unified motion feature (demo recipe option
+        `stage.g0_transfer`; our choice, SPEC 4.5 leaves G's initialisation open).
+
+        Fresh columns for 42 small-valued code dims among app+542 inputs of an equalised-lr modulation layer move
+        the image ~20x less than the 500 lip dims and learn about as slowly (Adam moves each effective weight by
+        lr/sqrt(in) per step), so a short emo stage never learns to render pose/eye/emotion although G0 already
+        renders motion. Here the unified motion of this batch's frames is regressed on their codes, f ~ A c + b
+        (ridge on standardised codes, `g0_transfer.ridge`; with `sequential` eye+pose first, emotion on the
+        residual), and each modulation layer gets effective columns
+        W0_mot A and bias + W0_mot b: at iteration 0 G(app, codes) ~ G0(app, A codes + b). The lip columns (the
+        audio drives them) keep their init. Applied to G and its EMA. Returns {"r2": fit R^2 on the batch}.
+        """
+        frames = batch["frames"].flatten(0, 1)
+        motion = self.nets["motion"]
+        modes = {m: m.training for m in motion.modules()}
+        motion.eval()  # the trainable emo head's BatchNorm statistics must not move here
+        enc = motion.encode(frames, heads=("pose", "eye", "emo"))
+        for m, was in modes.items():
+            m.training = was
+        f = enc["motion"]  # (n, m0) target: the unified motion G0 was trained on
+        c = torch.cat([enc["emo"], enc["eye"], enc["pose"]], 1)  # (n, 42) in the style order after lip
+        lam = float(self.cfg("g0_transfer.ridge", 1.0))
+        n_emo = enc["emo"].shape[1]
+        if self.cfg("g0_transfer.sequential", True):
+            # eye + pose first, the emotion code only explains what they leave: G's motion goes through the
+            # factor codes where they can carry it, instead of through the wide 30-d emotion code
+            a_pe, b_pe = ridge_fit(c[:, n_emo:], f, lam)
+            a_e, b_e = ridge_fit(c[:, :n_emo], f - (c[:, n_emo:] @ a_pe.t() + b_pe), lam)
+            a, b = torch.cat([a_e, a_pe], 1), b_pe + b_e
+        else:
+            a, b = ridge_fit(c, f, lam)
+        fm = f.mean(0)
+        pred = c @ a.t() + b
+        r2 = 1 - ((pred - f) ** 2).sum() / ((f - fm) ** 2).sum().clamp_min(1e-12)
+        n_code = c.shape[1]
+        mc = self.model_cfg["motion"]
+        self._code_dims = sum(int(mc.get(k, d)) for k, d in
+                              (("lip_dim", 500), ("emo_dim", 30), ("eye_dim", 6), ("pose_dim", 6)))
+        for g in (self.generator, self.ema.shadow):
+            sd_g = g.state_dict()
+            mods = dict(g.named_modules())
+            for key, w0 in self._g0_src.items():
+                if not key.endswith("weight") or key not in sd_g:
+                    continue
+                name = key.rsplit(".", 1)[0]
+                lin, lin0_in = mods[name], w0.shape[1]
+                app_dim = lin0_in - a.shape[0]  # G0's style = [f_app | unified motion]
+                scale0 = lin.lr_mul / lin0_in ** 0.5
+                w0_mot = w0[:, app_dim:] * scale0  # (out, m0) effective
+                w = lin.weight
+                if app_dim <= 0 or w.shape[1] - app_dim != self._code_dims:
+                    raise ValueError(f"g0_transfer: G0 layer {key} has {lin0_in} inputs and G {w.shape[1]}, but the "
+                                     f"motion trunk gives {a.shape[0]} dims and the codes {self._code_dims}; were "
+                                     f"generator0 and motion trained in one run with this model config?")
+                w[:, w.shape[1] - n_code:] = (w0_mot @ a) / lin.scale
+                if lin.bias is not None:
+                    lin.bias += (w0_mot @ b) / lin.lr_mul
+        self._g0_src = None
+        return {"r2": float(r2)}
+
+    def iteration_step(self, batch):
+        if getattr(self, "_g0_src", None) is not None and self.iteration == 0:
+            info = self.transfer_g0_motion(batch)
+            import logging
+
+            logging.getLogger(__name__).info("g0_transfer: emo/eye/pose columns of G set from G0 (fit R^2 %.2f)",
+                                             info["r2"])
+        return super().iteration_step(batch)
 
     def codes(self, batch):
         """All conditioning codes of a batch; frozen encoders run without a graph."""
