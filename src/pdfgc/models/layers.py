@@ -87,11 +87,13 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.scale
+        # scale the (B, out) product, not the (out, in) weight: the same value, without re-scaling e.g. the
+        # 512 x 2590 modulation weights on every call
+        out = F.linear(x, self.weight) * self.scale
+        bias = self.bias * self.lr_mul if self.bias is not None else None
         if self.activation:
-            bias = self.bias * self.lr_mul if self.bias is not None else None
-            return fused_leaky_relu(F.linear(x, w), bias)
-        return F.linear(x, w, self.bias * self.lr_mul if self.bias is not None else None)
+            return fused_leaky_relu(out, bias)
+        return out + bias if bias is not None else out
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
@@ -143,22 +145,39 @@ class ModulatedConv2d(nn.Module):
             return self._forward_grouped(x, s), s
         if impl != "fused":
             raise ValueError(f"ModulatedConv2d: impl must be 'fused' or 'grouped', got {impl!r}")
-        weight = self.weight[0] * self.scale  # (out, in, k, k), shared by the batch
-        xs = x * s[:, :, None, None].to(x.dtype)
-        if self.upsample:
-            out = F.conv_transpose2d(xs, weight.transpose(0, 1), padding=0, stride=2)
+        weight = self.weight[0]  # (out, in, k, k), shared by the batch; `scale` is folded into the (B, in) styles
+        ss = s * self.scale
+        if self.kernel_size == 1 and not self.upsample:
+            out = self._pointwise(x, weight, ss)
         else:
-            out = F.conv2d(xs, weight, padding=self.padding)
+            xs = x * ss[:, :, None, None].to(x.dtype)
+            if self.upsample:
+                out = F.conv_transpose2d(xs, weight.transpose(0, 1), padding=0, stride=2)
+            else:
+                out = F.conv2d(xs, weight, padding=self.padding)
         if self.demodulate:
-            # sum_{i,kh,kw} (W[o,i] s_i)^2 = sum_i s_i^2 * sum_{kh,kw} W[o,i]^2  -> (B, out)
+            # sum_{i,kh,kw} (scale W[o,i] s_i)^2 = sum_i (scale s_i)^2 * sum_{kh,kw} W[o,i]^2  -> (B, out)
             wsq = weight.pow(2).sum(dim=(2, 3))  # (out, in)
-            demod = torch.rsqrt(s.pow(2) @ wsq.t() + self.eps)[:, :, None, None].to(out.dtype)
+            demod = torch.rsqrt(ss.pow(2) @ wsq.t() + self.eps)[:, :, None, None].to(out.dtype)
             # `out` is a fresh conv output: scaling it in place (when autograd does not need it) avoids a large
             # allocation, whose page faults cost more than the multiplication itself on CPU
             out = out.mul_(demod) if _inplace_ok(out) else out * demod
         if self.upsample:
             out = self.blur(out)  # blur is linear per channel, so demodulating before it is exact
         return out, s
+
+    @staticmethod
+    def _pointwise(x: torch.Tensor, weight: torch.Tensor, ss: torch.Tensor) -> torch.Tensor:
+        """1x1 modulated conv (ToRGB) as one batched matmul with per-sample weights (B, out, in): with few output
+        channels this avoids writing the scaled copy of the large input x (B, in, H, W). Works for NCHW and
+        channels_last x without a copy (bmm takes the transposed view); returns NCHW-contiguous (B, out, H, W)."""
+        b, cin, h, w_ = x.shape
+        wb = weight[None, :, :, 0, 0] * ss[:, None, :].to(x.dtype)  # (B, out, in)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            xm = x.permute(0, 2, 3, 1).reshape(b, h * w_, cin).transpose(1, 2)  # (B, in, HW) view
+        else:
+            xm = x.reshape(b, cin, h * w_)
+        return torch.bmm(wb, xm).view(b, weight.shape[0], h, w_)
 
     def _forward_grouped(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         b, cin, h, w_ = x.shape
