@@ -151,8 +151,12 @@ class Generator(nn.Module):
         rgb_styles = [s]
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
-            out = self.convs[2 * j](out, latent[i], noise=bufs[i], noise_mode=noise_mode, rng=rng)
-            out = self.convs[2 * j + 1](out, latent[i + 1], noise=bufs[i + 1], noise_mode=noise_mode, rng=rng)
+            # `out` is a layer output owned here whose last use is the next conv (ToRGB has already read it),
+            # so the convs may scale it in place
+            out = self.convs[2 * j](out, latent[i], noise=bufs[i], noise_mode=noise_mode, rng=rng,
+                                    consume_input=True)
+            out = self.convs[2 * j + 1](out, latent[i + 1], noise=bufs[i + 1], noise_mode=noise_mode, rng=rng,
+                                        consume_input=True)
             skip, s = to_rgb(out, latent[i + 2], skip)
             rgb_styles.append(s)
             i += 2

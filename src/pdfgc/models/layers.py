@@ -137,8 +137,10 @@ class ModulatedConv2d(nn.Module):
         return (f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, upsample={self.upsample}, "
                 f"demodulate={self.demodulate}, impl={self.impl}")
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor,
-                impl: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, impl: Optional[str] = None,
+                consume_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`consume_input=True`: the caller no longer needs `x`, so the fused path may scale it in place (only
+        when autograd does not track it), saving one activation-sized allocation per layer."""
         s = self.modulation(w)  # (B, in)
         impl = impl or self.impl
         if impl == "grouped":
@@ -150,7 +152,8 @@ class ModulatedConv2d(nn.Module):
         if self.kernel_size == 1 and not self.upsample:
             out = self._pointwise(x, weight, ss)
         else:
-            xs = x * ss[:, :, None, None].to(x.dtype)
+            sv = ss[:, :, None, None].to(x.dtype)
+            xs = x.mul_(sv) if consume_input and _inplace_ok(x) else x * sv
             if self.upsample:
                 out = F.conv_transpose2d(xs, weight.transpose(0, 1), padding=0, stride=2)
             else:
@@ -268,8 +271,10 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: Optional[torch.Tensor] = None,
-                noise_mode: str = "cached", rng: Optional[torch.Generator] = None) -> torch.Tensor:
-        out, _ = self.conv(x, w)
+                noise_mode: str = "cached", rng: Optional[torch.Generator] = None,
+                consume_input: bool = False) -> torch.Tensor:
+        """x (B,in,H,W), w (B,style_dim) -> (B,out,H',W'); `consume_input`: see ModulatedConv2d.forward."""
+        out, _ = self.conv(x, w, consume_input=consume_input)
         out = self.noise(out, noise=noise, mode=noise_mode, rng=rng, inplace=True)
         return self.activate(out)
 
