@@ -32,11 +32,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from pdfgc import fileio
 
 FORMAT_VERSION = 1
 MANIFEST_DIR = "manifest"
@@ -50,23 +51,8 @@ def clip_path(out_dir, key: str) -> Path:
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same folder + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; datasets are shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` atomically, fsync'ed (a crash loses at most the clip in flight)."""
+    fileio.atomic_write_bytes(path, data, fsync=True)
 
 
 def encode_npz(arrays: dict[str, np.ndarray]) -> bytes:

@@ -6,8 +6,6 @@ to an uninterrupted run.
 """
 from __future__ import annotations
 
-import copy
-import math
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_stages import CONFIG_DIR, compose_cfg
+from test_stages import compose_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 

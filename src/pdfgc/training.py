@@ -16,10 +16,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from pdfgc.fileio import atomic_path
 
 try:
     import pytorch_lightning as pl
@@ -132,24 +134,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     a crash or a full disk never leaves a truncated `last.ckpt` behind (the previous one stays intact)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp_{path.name}.{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".tmp_{dst.name}.{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 class IterationCheckpoint(pl.Callback):

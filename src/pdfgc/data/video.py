@@ -4,14 +4,13 @@ Frames are uint8 RGB arrays `(T, H, W, 3)`; audio is float32 mono in [-1, 1] at 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from pdfgc.constants import FPS, SAMPLE_RATE
+from pdfgc.fileio import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -101,8 +100,7 @@ def write_video(path, frames, fps: float = FPS, audio: np.ndarray | None = None,
                 sample_rate: int = SAMPLE_RATE, crf: int = 18) -> Path:
     """Write RGB uint8 frames `(T, H, W, 3)` (array or iterable) as H.264 (yuv420p) + AAC mp4.
 
-    The file appears atomically: it is encoded to a temporary name in the same folder and renamed at the end, so an
-    interrupted call never leaves a half-written `path`. H and W are padded to even sizes (yuv420p needs them).
+    The file appears atomically (`pdfgc.fileio.atomic_path`): an interrupted call never leaves a half-written `path`. H and W are padded to even sizes (yuv420p needs them).
     """
     import av
 
@@ -116,10 +114,8 @@ def write_video(path, frames, fps: float = FPS, audio: np.ndarray | None = None,
     ph, pw = h % 2, w % 2
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=".tmp_")
-    os.close(fd)
     try:
-        with av.open(tmp, mode="w", format="mp4") as out:
+        with atomic_path(path, make_parents=False) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
             rate = Fraction(fps).limit_denominator(1001)
             vs = out.add_stream("libx264", rate=rate)
             vs.width, vs.height, vs.pix_fmt = w + pw, h + ph, "yuv420p"
@@ -144,15 +140,9 @@ def write_video(path, frames, fps: float = FPS, audio: np.ndarray | None = None,
                         out.mux(packet)
                 for packet in as_.encode():
                     out.mux(packet)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the video the user's usual permissions
-        os.replace(tmp, path)
+    except MediaError:
+        raise
     except Exception as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, MediaError):
-            raise
         raise MediaError(f"{path}: could not write video ({type(e).__name__}: {e})") from e
     return path
 

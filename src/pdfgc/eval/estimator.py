@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pdfgc.fileio import atomic_path
+
 # regression targets in output order: name -> width
 REG_FACTORS = (("pose", 6), ("gaze", 2), ("eye_open", 2), ("mouth", 2), ("emotion_intensity", 1))
 REG_DIM = sum(w for _, w in REG_FACTORS)
@@ -285,22 +287,14 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
 
 def save_estimator(est: FactorEstimator, path) -> Path:
     """Write the estimator (weights + spec + held-out metrics) atomically to `path`."""
-    import os
-    import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = dict(format=ESTIMATOR_FORMAT, image_size=est.image_size, width=est.width,
                 num_emotions=est.num_emotions, eye_branch=est.eye_branch, state_dict=est.state_dict(),
                 metrics=getattr(est, "metrics", {}), spec=getattr(est, "spec", {}))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

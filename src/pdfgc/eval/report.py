@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from pdfgc.fileio import atomic_write_text
 
 METHOD_LABELS = {"model": "model", "copy_source": "copy source", "copy_driver": "copy driver",
                  "model_control_off": "model, control off", "estimator_on_driver": "estimator on driver"}
@@ -40,12 +40,7 @@ def _clean(x):
     return x
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_atomic_text = atomic_write_text
 
 
 def write_json(obj: dict, path) -> Path:

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from .bundle import INFERENCE_COMPONENTS, ConfigLike, PDFGCModels, build_component, component_config, \
-    load_model_config
+from pdfgc.fileio import atomic_path
+
+from .bundle import INFERENCE_COMPONENTS, ConfigLike, PDFGCModels, build_component, component_config
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +88,8 @@ LOAD_RULES: dict[str, tuple[Callable[[str], bool], bool]] = {
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def official_file(folder: Path, component: str) -> Path:
