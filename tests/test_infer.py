@@ -331,3 +331,29 @@ def test_face_alignment_backend_without_weights_says_where_to_get_them(assets, t
     msg = run_expect_error(base(assets, tmp_path / "o.mp4", landmarks="face_alignment", controls="[mouth]"),
                            "landmarks=face_alignment")
     assert "2DFAN4" in msg and "landmarks=dlib" in msg and "landmark_weights=DIR" in msg
+
+
+def test_infer_real_speech_recording(assets):
+    """A real human recording (CMU ARCTIC a0007, shipped with pysptk): frame count from the file's length by SPEC 1.4
+    (T_mel = ceil(L/160) + 7, N = T_mel // 4 - 4) and the speech muxed back in."""
+    import importlib.util
+    import math
+
+    import soundfile as sf
+
+    from pdfgc.data.video import read_audio, read_frames
+    from pdfgc.pipeline.cli import run_inference
+
+    spec = importlib.util.find_spec("pysptk")  # located, not imported (pysptk imports pkg_resources)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pysptk (which ships a CMU ARCTIC recording) is not installed: pip install -e '.[dev]'")
+    wav = Path(spec.submodule_search_locations[0]) / "example_audio_data" / "arctic_a0007.wav"
+    info = sf.info(str(wav))
+    assert info.samplerate == SAMPLE_RATE
+    expected = (math.ceil(info.frames / 160) + 7) // 4 - 4
+    out = assets["dir"] / "arctic.mp4"
+    run_inference(base(assets, out, audio=str(wav), controls="[mouth]", pose="null", exp="null", eye="null"))
+    frames, _ = read_frames(out, fps=None)
+    assert len(frames) == expected
+    audio = read_audio(out)
+    assert abs(len(audio) - info.frames) / SAMPLE_RATE < 0.1

@@ -1,4 +1,4 @@
-"""`python -m preprocess` on real footage (the carphone clip with a synthetic audio track, the astronaut photo):
+"""`python -m preprocess` on real footage (the carphone clip with real speech from CMU ARCTIC, the astronaut photo):
 pose and eye statistics against geometric oracles, bad clips reported not fatal, sharding, kill + resume gives the
 same bytes as an uninterrupted run, and the output loads through Vox2Source and the DataModule."""
 import importlib.util
@@ -39,6 +39,19 @@ def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
     voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
     env = 0.5 * (1 + np.sin(2 * np.pi * 4 * t + seed))
     return (0.15 * voiced * env).astype(np.float32)
+
+
+def _speech(seconds: float) -> np.ndarray:
+    """Real speech (CMU ARCTIC a0007, shipped with pysptk, a dev dependency) when installed, else `_speechlike`."""
+    spec = importlib.util.find_spec("pysptk")  # located, not imported (pysptk imports pkg_resources)
+    if spec is None or not spec.submodule_search_locations:
+        return _speechlike(seconds)
+    import soundfile as sf
+
+    wav, sr = sf.read(str(Path(spec.submodule_search_locations[0]) / "example_audio_data" / "arctic_a0007.wav"),
+                      dtype="float32")
+    start = int(0.8 * sr)  # skip the leading silence
+    return wav[start:start + int(seconds * sr)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,7 +150,7 @@ def video_tree(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vox")
     frames = _carphone_frames(60)
-    audio = _speechlike(0.6)
+    audio = _speech(0.6)
 
     def put(rel, fr, au=None):
         p = root / rel
