@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        report = run(RunConfig(input=args.input, output=args.output, workers=args.workers, shard=args.shard,
+        run(RunConfig(input=args.input, output=args.output, workers=args.workers, shard=args.shard,
                                num_shards=args.num_shards, retry_failed=args.retry_failed, limit=args.limit,
                                test_fraction=args.test_fraction, split_file=args.split_file,
                                progress=not args.no_progress, opts=opts, backend_kwargs=bk))

@@ -488,6 +488,9 @@ class GANStage(StageModule):
         if self.cfg("init_from"):
             # A stage that starts from a trained generator starts its average there too.
             self.ema.shadow.load_state_dict(self.nets[self.GENERATOR].state_dict())
+        from pdfgc.stages.common import PerceptualHolder
+
+        self.perceptual = PerceptualHolder(self.cfg("loss.perceptual"))
 
     @property
     def generator(self) -> nn.Module:
@@ -529,6 +532,16 @@ class GANStage(StageModule):
     def compute_losses(self, batch, out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Stage-specific generator terms (not gan/fm), given `out = generate(batch)`."""
         raise NotImplementedError
+
+    def reconstruction_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pixel terms every GAN stage shares, each computed only when its weight is on: `l1` (mean absolute
+        error) and `vgg` (perceptual distance of VGG features); fake, real (B,3,S,S) in [-1,1]."""
+        terms = {}
+        if self.on("l1"):
+            terms["l1"] = torch.nn.functional.l1_loss(fake, real)
+        if self.on("vgg"):
+            terms["vgg"] = self.perceptual(fake, real)
+        return terms
 
     def iteration_step(self, batch) -> dict[str, torch.Tensor]:
         from pdfgc.losses.gan import d_loss, feature_matching_loss, g_loss, r1_penalty

@@ -12,13 +12,11 @@ Trainable: emotion head (to_emo, emo_embed), generator G (initialised from G0 wh
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pdfgc.losses.consistency import lip_sync_consistency
 from pdfgc.losses.decorrelation import MemoryBank, cross_correlation_loss
 from pdfgc.models.latent import assemble_style
 from pdfgc.stages.base import GANStage
-from pdfgc.stages.common import PerceptualHolder
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +39,6 @@ class EmoStage(GANStage):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.perceptual = PerceptualHolder(self.cfg("loss.perceptual"))
         emo_dim = int(self.model_cfg["motion"].get("emo_dim", 30))
         with_ = str(self.cfg("loss.decor_with", "audio"))
         aud_dim = int(self.model_cfg["audio"].get("embed_dim" if with_ == "audio" else "lip_dim", 512))
@@ -158,12 +155,7 @@ class EmoStage(GANStage):
         return {"fake": fake, "real": batch["frames"][:, z["c"]], **z}
 
     def compute_losses(self, batch, out=None):
-        fake, real = out["fake"], out["real"]
-        terms = {}
-        if self.on("l1"):
-            terms["l1"] = F.l1_loss(fake, real)
-        if self.on("vgg"):
-            terms["vgg"] = self.perceptual(fake, real)
+        terms = self.reconstruction_terms(out["fake"], out["real"])
         if self.on("decor"):
             other = out["f_aud"] if str(self.cfg("loss.decor_with", "audio")) == "audio" else out["lip_a"].flatten(0, 1)
             x = self.bank_emo.with_bank(out["emo"])
@@ -172,7 +164,7 @@ class EmoStage(GANStage):
             self.bank_emo.push(out["emo"])
             self.bank_aud.push(other)
         if self.on("sync"):
-            vis_lip = self.nets["motion"].encode(fake, heads=("lip",))["lip"]
+            vis_lip = self.nets["motion"].encode(out["fake"], heads=("lip",))["lip"]
             terms["sync"] = lip_sync_consistency(vis_lip, out["lip_a"][:, out["c"]],
                                                  str(self.cfg("loss.sync_kind", "cosine")))
         return terms

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from pdfgc.losses.consistency import feature_consistency
 from pdfgc.stages.base import GANStage
-from pdfgc.stages.common import PerceptualHolder
 
 
 class MotionStage(GANStage):
@@ -25,7 +24,6 @@ class MotionStage(GANStage):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.perceptual = PerceptualHolder(self.cfg("loss.perceptual"))
 
     def _style(self, f_app, f_mot):
         return torch.cat([f_app, f_mot], dim=1)
@@ -37,12 +35,7 @@ class MotionStage(GANStage):
         return {"fake": fake, "real": batch["drv"], "f_app": f_app, "f_mot": f_mot}
 
     def compute_losses(self, batch, out=None):
-        fake, real = out["fake"], out["real"]
-        terms = {}
-        if self.on("l1"):
-            terms["l1"] = F.l1_loss(fake, real)
-        if self.on("vgg"):
-            terms["vgg"] = self.perceptual(fake, real)
+        terms = self.reconstruction_terms(out["fake"], out["real"])
         if self.on("mot"):
             clean = self.nets["motion"].encode(batch["drv"], heads=())["motion"]
             terms["mot"] = feature_consistency(out["f_mot"], clean, str(self.cfg("loss.mot_kind", "vicreg")))
