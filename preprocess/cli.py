@@ -86,9 +86,9 @@ def main(argv=None) -> int:
         return 2
     try:
         run(RunConfig(input=args.input, output=args.output, workers=args.workers, shard=args.shard,
-                               num_shards=args.num_shards, retry_failed=args.retry_failed, limit=args.limit,
-                               test_fraction=args.test_fraction, split_file=args.split_file,
-                               progress=not args.no_progress, opts=opts, backend_kwargs=bk))
+                      num_shards=args.num_shards, retry_failed=args.retry_failed, limit=args.limit,
+                      test_fraction=args.test_fraction, split_file=args.split_file,
+                      progress=not args.no_progress, opts=opts, backend_kwargs=bk))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
