@@ -55,21 +55,10 @@ needs_gpu = pytest.mark.cuda
 
 
 def _naive_upfirdn(x, k, up, down, pad):
-    # independent oracle on CPU in float64: zero insertion, pad/crop, flipped-kernel correlation, decimation
-    from scipy.signal import convolve2d
+    # the same independent CPU float64 oracle as the CPU tests (zero insertion, pad/crop, true convolution, decimation)
+    from test_ops import oracle_scipy
 
-    ux, uy = up
-    dx, dy = down
-    x0, x1, y0, y1 = pad
-    n, c, h, w = x.shape
-    out = []
-    for plane in x.reshape(-1, h, w):
-        y = np.zeros((h * uy, w * ux))
-        y[::uy, ::ux] = plane
-        y = np.pad(y, ((max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0))))
-        y = y[max(-y0, 0): y.shape[0] - max(-y1, 0), max(-x0, 0): y.shape[1] - max(-x1, 0)]
-        out.append(convolve2d(y, k, mode="valid")[::dy, ::dx])
-    return np.stack(out).reshape(n, c, *out[0].shape)
+    return oracle_scipy(x, k, up, down, pad)
 
 
 CONFIGS = [
