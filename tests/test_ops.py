@@ -337,7 +337,7 @@ def fresh_dispatch(monkeypatch):
     monkeypatch.setattr(_ext, "_loaded", {})
     monkeypatch.setattr(_ext, "_errors", {})
     monkeypatch.setattr(pdfgc_ops, "_warned", set())
-    monkeypatch.setattr(pdfgc_ops, "_running", {"upfirdn2d": {}, "fused_leaky_relu": {}})
+    monkeypatch.setattr(pdfgc_ops, "_running", {op: {} for op in pdfgc_ops._running})
     monkeypatch.delenv("PDFGC_OPS_IMPL", raising=False)
     return monkeypatch
 

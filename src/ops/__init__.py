@@ -1,16 +1,20 @@
-"""pdfgc_ops: the two StyleGAN2 ops PD-FGC's generator needs (SPEC 3), behind one dispatch.
+"""pdfgc_ops: the two StyleGAN2 ops PD-FGC's generator needs (SPEC 3), plus two inference-only fused element-wise
+ops for the FAN motion encoder, behind one dispatch.
 
 Public API (the contract other parts use):
     upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl="auto")
     fused_leaky_relu(x, bias=None, negative_slope=0.2, scale=sqrt(2), impl="auto")
     FusedLeakyReLU(channels, negative_slope=0.2, scale=sqrt(2))   # bias Parameter (1, C, 1, 1)
+    scale_shift_relu(x, scale, shift, impl="auto")   # relu(x * scale[c] + shift[c]): eval BatchNorm + ReLU
+    cat_add(parts, residual, impl="auto")            # torch.cat(parts, 1) + residual
     backend_info()
 
 Implementations (`impl`):
     "ref"  plain PyTorch (one depthwise convolution / three element-wise ops); any device and dtype; any order
            of gradient.
     "cpu"  our C++ kernels (float32/float64, at::parallel_for), JIT-built by ninja on first use.
-    "cuda" our CUDA kernels (float32/float64/float16/bfloat16), JIT-built on the first CUDA call.
+    "cuda" our CUDA kernels (float32/float64/float16/bfloat16), JIT-built on the first CUDA call (StyleGAN2
+           ops only: the two inference ops use "ref" on CUDA, where the element-wise passes are cheap).
     "auto" the fastest available for the tensor's device, dtype and shape: never builds CUDA code for CPU tensors;
            on CPU, upfirdn2d uses the C++ kernel only at configurations where it measured faster than "ref"
            (see docs/ops.md); a failed build falls back to "ref" with one warning.
@@ -30,9 +34,10 @@ from torch import nn
 
 from . import _ext
 from ._params import UpFirDnParams, check_inputs, flat_bias, parse_params
-from .ref import fused_leaky_relu_ref, upfirdn2d_ref
+from .ref import cat_add_ref, fused_leaky_relu_ref, scale_shift_relu_ref, upfirdn2d_ref
 
-__all__ = ["upfirdn2d", "fused_leaky_relu", "FusedLeakyReLU", "backend_info", "ExtensionBuildError"]
+__all__ = ["upfirdn2d", "fused_leaky_relu", "FusedLeakyReLU", "scale_shift_relu", "cat_add", "backend_info",
+           "ExtensionBuildError"]
 
 ExtensionBuildError = _ext.ExtensionBuildError
 IMPLS = ("auto", "ref", "cpu", "cuda")
@@ -43,7 +48,8 @@ _KERNEL_DTYPES = {
 }
 
 _state_lock = threading.Lock()
-_running: dict[str, dict[str, str]] = {"upfirdn2d": {}, "fused_leaky_relu": {}}  # op -> device -> impl last used
+_running: dict[str, dict[str, str]] = {"upfirdn2d": {}, "fused_leaky_relu": {}, "scale_shift_relu": {},
+                                       "cat_add": {}}  # op -> device -> impl last used
 _warned: set[str] = set()
 
 
@@ -249,11 +255,85 @@ class FusedLeakyReLU(nn.Module):
         return f"channels={self.bias.shape[1]}, negative_slope={self.negative_slope}, scale={self.scale:.4f}"
 
 
+# --- inference-only fused element-wise ops (FAN motion encoder) -------------------------------------------------
+
+
+def _choose_inference(op: str, x: torch.Tensor, needs_grad: bool, impl: str) -> str:
+    """C++ kernel ("cpu") or "ref". The kernels are forward-only and CPU-only: where autograd would record a graph
+    or there is no kernel (CUDA), "auto" and a process-wide PDFGC_OPS_IMPL take the reference, while an explicit
+    impl="cpu"/"cuda" argument is an error."""
+    req, source = _requested(impl)
+    if req == "ref":
+        return "ref"
+    if req == "cuda":
+        if source == ENV_VAR:  # a process-wide request for the StyleGAN2 kernels: these ops have none
+            return "ref"
+        raise ValueError(f"pdfgc_ops.{op}: there is no CUDA kernel for this op; use impl='auto' or 'ref'")
+    if req == "cpu":
+        if needs_grad and source == ENV_VAR:  # process-wide preference; training code still needs a graph
+            return "ref"
+        if needs_grad:
+            raise ValueError(f"pdfgc_ops.{op}: impl='cpu' is forward-only, but autograd needs a graph here; run "
+                             "under torch.no_grad()/inference_mode() or use impl='ref'")
+        return _explicit(op, "cpu", source, x, "pdfgc_inference")
+    if needs_grad or x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES["cpu"]:
+        return "ref"
+    return "cpu" if _auto_ext_or_ref(op, "pdfgc_inference") == "ext" else "ref"
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def scale_shift_relu(x, scale, shift, impl="auto"):
+    """relu(x * scale + shift) with per-channel `scale`, `shift` of shape (C,) on axis 1: an eval-mode BatchNorm
+    (scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale) followed by ReLU, in one pass.
+
+    Args:
+        x: (N, C, ...) float tensor; dense NCHW and channels_last are read in place and keep their layout.
+        scale, shift: (C,) (any shape with C elements).
+        impl: "auto" (C++ on CPU float32/float64 when no gradient is needed, else the PyTorch reference) |
+            "ref" | "cpu" (forward-only: an error when autograd needs a graph).
+    """
+    if x.ndim < 2 or scale.numel() != x.shape[1] or shift.numel() != x.shape[1]:
+        raise ValueError(f"pdfgc_ops.scale_shift_relu: scale and shift need one value per channel of x (axis 1); "
+                         f"got x {tuple(x.shape)}, scale {tuple(scale.shape)}, shift {tuple(shift.shape)}")
+    chosen = _choose_inference("scale_shift_relu", x, _needs_grad(x, scale, shift), impl)
+    _record("scale_shift_relu", x.device, chosen)
+    if chosen == "ref":
+        return scale_shift_relu_ref(x, scale, shift)
+    return _ext.get("pdfgc_inference").scale_shift_relu(x, scale, shift)
+
+
+def cat_add(parts, residual, impl="auto"):
+    """torch.cat(parts, 1) + residual in one pass, without the concatenated temporary.
+
+    Args:
+        parts: sequence of (N, C_k, ...) tensors with sum(C_k) == C, equal to `residual` outside axis 1.
+        residual: (N, C, ...); the output takes its layout (dense NCHW or channels_last).
+        impl: as for `scale_shift_relu`.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("pdfgc_ops.cat_add: needs at least one part")
+    shapes = [tuple(p.shape) for p in parts]
+    if (any(len(s) != residual.ndim or s[:1] + s[2:] != tuple(residual.shape[:1] + residual.shape[2:])
+            for s in shapes) or sum(s[1] for s in shapes) != residual.shape[1]):
+        raise ValueError(f"pdfgc_ops.cat_add: parts {shapes} do not concatenate along axis 1 to the residual's "
+                         f"shape {tuple(residual.shape)}")
+    chosen = _choose_inference("cat_add", residual, _needs_grad(residual, *parts), impl)
+    _record("cat_add", residual.device, chosen)
+    if chosen == "ref":
+        return cat_add_ref(parts, residual)
+    return _ext.get("pdfgc_inference").cat_add(parts, residual)
+
+
 def backend_info() -> dict:
     """What was requested, what ran, and what failed to build, for this process.
 
-    Returns a dict: `requested` (the default impl after PDFGC_OPS_IMPL), `upfirdn2d` / `fused_leaky_relu` (the
-    implementation used by the latest call on any device, or None before the first call), `running`
+    Returns a dict: `requested` (the default impl after PDFGC_OPS_IMPL), `upfirdn2d` / `fused_leaky_relu` /
+    `scale_shift_relu` / `cat_add` (the implementation used by the latest call on any device, or None before the
+    first call), `running`
     ({op: {device_type: impl}}), `built` (extensions loaded), `errors` ({extension: build error}),
     `extensions_dir` (TORCH_EXTENSIONS_DIR or torch's cache).
     """
@@ -271,6 +351,8 @@ def backend_info() -> dict:
         "requested": requested,
         "upfirdn2d": last("upfirdn2d"),
         "fused_leaky_relu": last("fused_leaky_relu"),
+        "scale_shift_relu": last("scale_shift_relu"),
+        "cat_add": last("cat_add"),
         "running": {op: dict(d) for op, d in _running.items()},
         "built": st["built"],
         "errors": st["errors"],

@@ -20,6 +20,7 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "pdfgc_upfirdn2d": ("upfirdn2d_cpu.cpp",),
     "pdfgc_fused_act": ("fused_act_cpu.cpp",),
+    "pdfgc_inference": ("inference_cpu.cpp",),
     "pdfgc_upfirdn2d_cuda": ("upfirdn2d_cuda.cu",),
     "pdfgc_fused_act_cuda": ("fused_act_cuda.cu",),
 }

@@ -50,3 +50,14 @@ def fused_leaky_relu_ref(
     if b is not None:
         x = x + b.reshape([1, -1] + [1] * (x.ndim - 2)).to(x.dtype)
     return F.leaky_relu(x, negative_slope) * scale
+
+
+def scale_shift_relu_ref(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """relu(x * scale + shift), scale and shift (C,) broadcast on axis 1 (an eval-mode BatchNorm + ReLU)."""
+    view = [1, -1] + [1] * (x.ndim - 2)
+    return F.relu(x * scale.reshape(view).to(x.dtype) + shift.reshape(view).to(x.dtype))
+
+
+def cat_add_ref(parts: list[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
+    """torch.cat(parts, 1) + residual."""
+    return torch.cat(list(parts), 1) + residual

@@ -6,7 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pdfgc_ops
 from pdfgc.constants import EMO_DIM, EYE_DIM, IMAGE_SIZE, LIP_DIM, POSE_DIM, UNIFIED_MOTION_DIM
+
+
+def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """relu(bn(x)). In eval mode the BatchNorm is a per-channel affine map, applied together with the ReLU in one
+    pass (`pdfgc_ops.scale_shift_relu`: C++ on CPU without autograd, else the PyTorch composite); in training mode
+    it normalises with batch statistics as usual."""
+    if bn.training or bn.running_var is None:
+        return F.relu(bn(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return pdfgc_ops.scale_shift_relu(x, scale, bn.bias - bn.running_mean * scale)
 
 
 class ConvBlock(nn.Module):
@@ -28,11 +39,11 @@ class ConvBlock(nn.Module):
                                             nn.Conv2d(in_planes, out_planes, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        o1 = self.conv1(F.relu(self.bn1(x)))
-        o2 = self.conv2(F.relu(self.bn2(o1)))
-        o3 = self.conv3(F.relu(self.bn3(o2)))
-        res = x if self.downsample is None else self.downsample(x)
-        return torch.cat((o1, o2, o3), 1) + res
+        o1 = self.conv1(bn_relu(self.bn1, x))
+        o2 = self.conv2(bn_relu(self.bn2, o1))
+        o3 = self.conv3(bn_relu(self.bn3, o2))
+        res = x if self.downsample is None else self.downsample[2](bn_relu(self.downsample[0], x))
+        return pdfgc_ops.cat_add((o1, o2, o3), res)  # cat(o1, o2, o3) + res in one pass (C++ on CPU, no autograd)
 
 
 class HourGlass(nn.Module):
@@ -88,12 +99,12 @@ class FAN(nn.Module):
         self.bn5 = nn.BatchNorm2d(n_landmarks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = bn_relu(self.bn1, self.conv1(x))
         x = F.max_pool2d(self.conv2(x), 2)
         x = self.conv4(self.conv3(x))
         x = self.top_m_0(self.m0(x))
-        x = self.l0(F.relu(self.bn_end0(self.conv_last0(x))))
-        x = self.conv6(F.relu(self.bn5(x)))
+        x = self.l0(bn_relu(self.bn_end0, self.conv_last0(x)))
+        x = self.conv6(bn_relu(self.bn5, x))
         return self.fc(F.relu(x.flatten(1)))
 
 
