@@ -117,8 +117,25 @@ def test_infer_end_to_end_real_photo_speech_video(assets, capsys, monkeypatch):
     audio = read_audio(out)
     assert abs(len(audio) / SAMPLE_RATE - T_SECONDS) < 0.1 and np.abs(audio).max() > 0.05
     line = capsys.readouterr().out
-    assert f"{N_FRAMES} frames" in line and str(out) in line and "frames/s" in line
+    assert f"{N_FRAMES} frames" in line and str(out) in line and "frames/s" in line and "(fp32)" in line
     assert not list(assets["dir"].glob(".tmp_*"))
+
+
+def test_bf16_precision_from_the_command_line(assets, capsys):
+    from pdfgc.data.video import read_frames
+    from pdfgc.pipeline.cli import run_inference
+
+    out = assets["dir"] / "result_bf16.mp4"
+    run_inference(base(assets, out, controls="[mouth]", precision="bf16"))
+    frames, _ = read_frames(out, fps=None)
+    assert frames.shape == (N_FRAMES, 56, 56, 3) and frames.std() > 1
+    assert "(bf16)" in capsys.readouterr().out
+
+
+def test_fp16_on_cpu_is_refused_before_loading_the_checkpoint(assets, tmp_path):
+    # the checkpoint folder does not exist: the precision error must come first, without loading anything
+    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(tmp_path / "nope"), device="cpu", precision="fp16"),
+                     "fp16 needs a CUDA device")
 
 
 def aligned_face(assets):

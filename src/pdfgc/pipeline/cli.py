@@ -42,7 +42,7 @@ def run_inference(cfg: Mapping) -> Path:
     """
     from pdfgc.pipeline import inputs
     from pdfgc.pipeline.controls import parse_controls
-    from pdfgc.pipeline.core import Pipeline
+    from pdfgc.pipeline.core import Pipeline, check_precision, resolve_device
 
     missing = [k for k in REQUIRED if cfg.get(k) in (None, "", "???")]
     if missing:
@@ -58,6 +58,8 @@ def run_inference(cfg: Mapping) -> Path:
     layout = str(_get(cfg, "layout", "video"))
     if layout not in ("video", "panel"):
         raise PipelineError(f"layout: expected video or panel, got {layout!r}")
+    device = resolve_device(_get(cfg, "device", "auto"))
+    precision = check_precision(str(_get(cfg, "precision", "fp32")), device)  # before the checkpoint is loaded
     out = inputs.check_output_path(_get(cfg, "out", "result.mp4"))
     for key in ("audio", "source", "pose", "exp", "eye"):
         v = cfg.get(key)
@@ -65,9 +67,9 @@ def run_inference(cfg: Mapping) -> Path:
             raise PipelineError(f"{key}: {v} does not exist")
 
     t0 = time.perf_counter()
-    pipe = Pipeline.from_pretrained(str(cfg["ckpt"]), device=_get(cfg, "device", "auto"),
+    pipe = Pipeline.from_pretrained(str(cfg["ckpt"]), device=device,
                                     batch_size=int(_get(cfg, "batch_size", 8)),
-                                    noise_mode=str(_get(cfg, "noise_mode", "cached")),
+                                    noise_mode=str(_get(cfg, "noise_mode", "cached")), precision=precision,
                                     **({"seed": int(cfg["seed"])} if cfg.get("seed") is not None else {}))
     t_load = time.perf_counter() - t0
     res = pipe(str(cfg["source"]), str(cfg["audio"]),
@@ -82,6 +84,7 @@ def run_inference(cfg: Mapping) -> Path:
     frames = res.panel if layout == "panel" else res.frames
     print(f"pdfgc: wrote {out} | {res.num_frames} frames ({res.num_frames / res.fps:.2f} s at {res.fps:g} fps), "
           f"{frames.shape[2]}x{frames.shape[1]}, controls={','.join(res.controls) or 'none'} | "
-          f"networks {gen:.1f} s = {fps:.2f} frames/s on {pipe.device}, load {t_load:.1f} s, total {total:.1f} s",
+          f"networks {gen:.1f} s = {fps:.2f} frames/s on {pipe.device} ({precision}), load {t_load:.1f} s, "
+          f"total {total:.1f} s",
           flush=True)
     return out
