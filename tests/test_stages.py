@@ -95,6 +95,26 @@ def test_frozen_parts_keep_parameters_and_bn_statistics(tmp_path, stage):
         assert not any(x.training for x in mod.modules())
 
 
+def test_trainable_override_is_per_component(tmp_path):
+    """stage.trainable={generator: []} freezes the generator only: the emotion head (declared by the stage, not
+    named in the override) still trains; freezing everything the G optimizer could train is a clear error."""
+    import pytorch_lightning as pl
+
+    from pdfgc.training import build_module, run_stage
+
+    cfg = compose_cfg(tmp_path, *small("emo"), "stage.iterations=2", "stage.trainable={generator:[]}")
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    before = snapshot(build_module(cfg))
+    diff = changed(before, run_stage(cfg)["module"])
+    assert not [k for k in diff if k.startswith("nets.generator.")]
+    assert any(k.startswith("nets.motion.to_emo.") for k in diff)
+    assert any(k.startswith("nets.discriminator.") for k in diff)
+    cfg = compose_cfg(tmp_path / "b", *small("emo"), "stage.iterations=2",
+                      "stage.trainable={generator:[],motion:[]}")
+    with pytest.raises(RuntimeError, match="nothing to train outside the discriminator"):
+        run_stage(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- counters, EMA
 def test_global_step_counts_optimizer_steps_with_lazy_r1(tmp_path):
     from pdfgc.training import run_stage

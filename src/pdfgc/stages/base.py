@@ -146,8 +146,10 @@ class StageModule(pl.LightningModule):
         self.run_config = dict(run_config) if run_config else None
         self.weights = self._loss_weights()
         trainable = self.stage_cfg.get("trainable")
-        if trainable:  # config override of the class's declaration: {component: "all" | [children] | []}
-            self.TRAINABLE = {k: (None if v in (None, "all") else tuple(v)) for k, v in dict(trainable).items()}
+        if trainable:  # per-component override of the class's declaration: {component: "all" | [children] | []};
+            # components not named keep their declaration (e.g. {generator: []} freezes only the generator)
+            self.TRAINABLE = {**self.TRAINABLE,
+                              **{k: (None if v in (None, "all") else tuple(v)) for k, v in dict(trainable).items()}}
         self.nets = nn.ModuleDict({name: instantiate_component(self.model_cfg, name) for name in self.COMPONENTS})
         self.carried: dict[str, dict[str, torch.Tensor]] = {}
         self.iteration = 0
@@ -327,11 +329,15 @@ class StageModule(pl.LightningModule):
         # StepLR counted in iterations (the reference default: step 80k, gamma 0.93); stepped manually.
         return torch.optim.lr_scheduler.StepLR(opt, step_size=int(sch["step_size"]), gamma=float(sch["gamma"]))
 
-    def configure_optimizers(self):
+    def _generator_side_parameters(self) -> list[nn.Parameter]:
         params = self.generator_parameters()
         if not params:
-            raise RuntimeError(f"stage '{self.STAGE}' has no trainable parameters (TRAINABLE={self.TRAINABLE})")
-        opt = self._adam(params, "g")
+            raise RuntimeError(f"stage '{self.STAGE}': nothing to train outside the discriminator (trainable "
+                               f"components: {self.TRAINABLE}); check stage.trainable")
+        return params
+
+    def configure_optimizers(self):
+        opt = self._adam(self._generator_side_parameters(), "g")
         sch = self._scheduler(opt)
         return ([opt], [sch]) if sch else opt
 
@@ -513,7 +519,7 @@ class GANStage(StageModule):
         return 2 * int(iterations) + r1_steps
 
     def configure_optimizers(self):
-        g_opt = self._adam(self.generator_parameters(), "g")
+        g_opt = self._adam(self._generator_side_parameters(), "g")
         gamma, interval = self._r1()
         c = interval / (interval + 1) if gamma > 0 else 1.0
         d_opt = self._adam([p for p in self.discriminator.parameters() if p.requires_grad], "d",
