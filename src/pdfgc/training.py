@@ -391,5 +391,7 @@ def train(cfg) -> dict:
         summary["demo"] = run_demo(summary["export"], root / "demo", OmegaConf.to_container(cfg.data, resolve=True),
                                    num_frames=int(demo_cfg.get("num_frames", 50)),
                                    eval_clips=int(demo_cfg.get("eval_clips", 4)), seed=int(cfg.seed),
-                                   estimator_steps=int(demo_cfg.get("estimator_steps", 300)))
+                                   estimator_steps=int(demo_cfg.get("estimator_steps", 300)),
+                                   stage1_ckpt=next((r["last_ckpt"] for r in results
+                                                     if getattr(r["module"], "STAGE", None) == "motion"), None))
     return summary

@@ -1,4 +1,4 @@
-"""`python -m pdfgc.eval videos ...` and `python -m pdfgc.eval synthetic ...` (see docs/evaluation.md)."""
+"""`python -m pdfgc.eval videos|synthetic|stage1 ...` (see docs/evaluation.md)."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,20 @@ def _parser() -> argparse.ArgumentParser:
                    "is not cached (1500: ~5 min on one CPU thread)")
     s.add_argument("--lpips-weights", default=None)
     s.add_argument("--device", default="cpu")
+
+    g = sub.add_parser("stage1", help="probe the stage-1 generator G0: does it carry each factor of a driver to "
+                       "another face? (synthetic test identities)")
+    g.add_argument("--ckpt", required=True, help="a stage checkpoint holding generator0, e.g. "
+                   "outputs/<run>/1_motion/checkpoints/last.ckpt")
+    g.add_argument("--out", required=True, help="output folder (report.json, report.md)")
+    g.add_argument("--estimator", default=None, help="factor estimator file: loaded if it exists, else trained "
+                   "and saved there (default: OUT/estimator.pt; the demo leaves one in <run>/demo/eval/)")
+    g.add_argument("--clips", type=int, default=8)
+    g.add_argument("--frames", type=int, default=16)
+    g.add_argument("--data-seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--estimator-steps", type=int, default=1500)
+    g.add_argument("--device", default="cpu")
     return p
 
 
@@ -62,6 +76,13 @@ def _run(args) -> int:
                               csim=None if args.csim == "none" else args.csim, lmd=not args.no_lmd,
                               landmarks=args.landmarks, stride=args.stride, max_frames=args.max_frames,
                               device=args.device)
+        print(open(rep["files"]["markdown"]).read())
+    elif args.command == "stage1":
+        from pdfgc.eval.stage1 import run_stage1_probe
+
+        rep = run_stage1_probe(args.ckpt, args.out, estimator=args.estimator, clips=args.clips, frames=args.frames,
+                               data_seed=args.data_seed, seed=args.seed, estimator_steps=args.estimator_steps,
+                               device=args.device)
         print(open(rep["files"]["markdown"]).read())
     else:
         from pdfgc.eval.benchmark import run_synthetic_benchmark

@@ -99,6 +99,31 @@ def _pick_samples(src, clips: int, rng) -> list[tuple[int, int, int]]:
     return out
 
 
+def get_estimator(estimator, out_dir, size: int, data_seed: int = 0, seed: int = 0, num_identities: int = 500,
+                  steps: int = 1500, num_clips: int = 400, progress: bool = True, log=print):
+    """The factor estimator for `size` px: `estimator` itself (a `FactorEstimator`), or loaded from the path
+    `estimator` (default `out_dir/estimator.pt`) when that file exists, else trained on the synthetic train
+    identities and saved there. Returns (estimator on CPU in eval mode, path or None)."""
+    from pdfgc.data.synthetic import SyntheticSource
+
+    if isinstance(estimator, FactorEstimator):
+        return estimator.to("cpu").eval(), None
+    est_path = Path(estimator) if estimator is not None else Path(out_dir) / "estimator.pt"
+    if est_path.is_file():
+        est = load_estimator(est_path)
+        if log:
+            log(f"factor estimator: loaded {est_path}")
+    else:
+        def source(split):
+            return SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
+                                   num_frames=25, split=split, seed=data_seed)
+
+        est = train_estimator(source("train"), source("test"), steps=steps, num_clips=num_clips, seed=seed,
+                              progress=progress, log=log)
+        save_estimator(est, est_path)
+    return est.to("cpu").eval(), est_path
+
+
 def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int = 8, frames: int = 16,
                             image_size: int | None = None, data_seed: int = 0, seed: int = 0,
                             num_identities: int = 500, lpips_weights=None, estimator_steps: int = 1500,
@@ -131,25 +156,9 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
         raise ValueError(f"synthetic benchmark: image_size {size} differs from the model's {pipe.image_size}; "
                          "omit --image-size to use the model's")
 
-    # ---- estimator: load, or train on the train identities and cache
-    est_path = None
-    if isinstance(estimator, FactorEstimator):
-        est = estimator
-    else:
-        est_path = Path(estimator) if estimator is not None else out_dir / "estimator.pt"
-        if est_path.is_file():
-            est = load_estimator(est_path)
-            if log:
-                log(f"factor estimator: loaded {est_path}")
-        else:
-            train_src = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
-                                        num_frames=25, split="train", seed=data_seed)
-            test_src_est = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
-                                           num_frames=25, split="test", seed=data_seed)
-            est = train_estimator(train_src, test_src_est, steps=estimator_steps, num_clips=estimator_clips,
-                                  seed=seed, progress=progress, log=log)
-            save_estimator(est, est_path)
-    est = est.to("cpu").eval()
+    est, est_path = get_estimator(estimator, out_dir, size, data_seed=data_seed, seed=seed,
+                                  num_identities=num_identities, steps=estimator_steps, num_clips=estimator_clips,
+                                  progress=progress, log=log)
 
     # ---- test samples
     src = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,

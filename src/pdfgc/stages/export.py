@@ -61,12 +61,13 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
 
 
 def run_demo(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_clips: int = 4, seed: int = 0,
-             estimator_steps: int = 300) -> dict:
-    """Demo video + evaluation report under `out_dir`; returns {"video": path|None, "report": dict|None,
+             estimator_steps: int = 300, stage1_ckpt=None) -> dict:
+    """Demo video + evaluation report under `out_dir` (+ the stage-1 probe of `stage1_ckpt` in `eval_stage1/`,
+    with the report's estimator); returns {"video": path|None, "report": dict|None, "stage1": dict|None,
     "messages": [...], "seconds": {...}}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict = {"video": None, "report": None, "messages": [], "seconds": {}}
+    result: dict = {"video": None, "report": None, "stage1": None, "messages": [], "seconds": {}}
     t0 = time.perf_counter()
     try:
         result["video"] = swapped_controls_video(export_dir, out_dir / "swapped_controls.mp4", data_cfg,
@@ -92,6 +93,17 @@ def run_demo(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_
         except Exception as e:
             result["messages"].append(f"evaluation report failed: {type(e).__name__}: {e}")
     result["seconds"]["eval"] = time.perf_counter() - t0
+    if stage1_ckpt is not None and result["report"] is not None:
+        t0 = time.perf_counter()
+        try:
+            from pdfgc.eval.stage1 import run_stage1_probe
+
+            result["stage1"] = run_stage1_probe(stage1_ckpt, out_dir / "eval_stage1",
+                                                estimator=out_dir / "eval" / "estimator.pt", clips=eval_clips,
+                                                seed=seed, progress=False, log=log.info)
+        except Exception as e:
+            result["messages"].append(f"stage-1 probe failed: {type(e).__name__}: {e}")
+        result["seconds"]["stage1_probe"] = time.perf_counter() - t0
     for m in result["messages"]:
         log.warning(m)
     return result
