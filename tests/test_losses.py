@@ -214,3 +214,37 @@ def test_vicreg_consistency_hand_values_and_anti_collapse():
     variance_hinge(a).backward()
     stepped = a - 10.0 * a.grad
     assert stepped.std(0).mean() > a.std(0).mean()
+
+
+# ----------------------------------------------------------------------------------------------- regional L1
+def test_box_masks_are_exact_pixel_coverage():
+    from pdfgc.losses import box_masks
+
+    # 4x4 image, box x 0.125..0.625 (0.5..2.5 px), y 0.25..0.5 (1..2 px): columns 0..2 covered 0.5, 1, 0.5; row 1
+    m = box_masks(torch.tensor([[0.125, 0.25, 0.625, 0.5]]), 4, 4)[0, 0]
+    want = torch.zeros(4, 4)
+    want[1, :3] = torch.tensor([0.5, 1.0, 0.5])
+    assert torch.equal(m, want)
+    assert box_masks(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), 3, 5).sum() == 15  # the whole image
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        box_masks(torch.zeros(2, 3), 4, 4)
+
+
+def test_region_l1_hand_value_unknown_boxes_and_gradient():
+    from pdfgc.losses import region_l1
+
+    real = torch.zeros(2, 3, 4, 4)
+    fake = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    with torch.no_grad():
+        fake[0, :, 0:2, 0:2] = 1.0    # inside sample 0's box (the top-left 2x2 quarter)
+        fake[0, :, 3, 3] = 100.0      # outside it: must not count
+        fake[1] += 7.0                # sample 1's box is unknown: must not count
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [float("nan")] * 4])
+    loss = region_l1(fake, real, boxes)
+    assert loss.item() == pytest.approx(1.0)  # mean |1 - 0| over the 2x2x3 region of sample 0
+    loss.backward()
+    g = fake.grad
+    assert torch.all(g[0, :, 0:2, 0:2] == 1.0 / 12) and g[0, :, 3, 3].abs().sum() == 0 and g[1].abs().sum() == 0
+    # no known box: zero, still differentiable
+    z = region_l1(fake, real, torch.full((2, 4), float("nan")))
+    assert z.item() == 0.0 and z.requires_grad

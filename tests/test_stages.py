@@ -294,3 +294,15 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
     m2 = build_module(cfg)
     with torch.no_grad():
         assert (m2.generator.eval()(style, f_sp, noise_mode="const") - want).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("stage", ["motion", "emo"])
+def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
+    from pdfgc.training import run_stage
+
+    cfg = compose_cfg(tmp_path, *small(stage), "debug=fast_dev_run", "stage.loss.weights.l1_eye=2.0",
+                      "stage.loss.weights.l1_mouth=1.0")
+    metrics = run_stage(cfg)["trainer"].callback_metrics
+    for term in ("l1_eye", "l1_mouth"):
+        v = metrics[f"loss/{term}"]
+        assert torch.isfinite(v) and v > 0

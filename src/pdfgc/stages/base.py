@@ -32,6 +32,7 @@ try:  # the package ships `pytorch_lightning`; `lightning` is accepted as well
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
+from pdfgc.losses.regional import region_l1
 from pdfgc.stages.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -539,14 +540,20 @@ class GANStage(StageModule):
         """Stage-specific generator terms (not gan/fm), given `out = generate(batch)`."""
         raise NotImplementedError
 
-    def reconstruction_terms(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    def reconstruction_terms(self, fake: torch.Tensor, real: torch.Tensor,
+                             boxes: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The pixel terms every GAN stage shares, each computed only when its weight is on: `l1` (mean absolute
-        error) and `vgg` (perceptual distance of VGG features); fake, real (B,3,S,S) in [-1,1]."""
+        error), `vgg` (perceptual distance of VGG features), and `l1_eye` / `l1_mouth` (L1 inside the eye / mouth
+        box of each target, `losses.regional.region_l1`; `boxes` = {"eye": (B,4), "mouth": (B,4)}, terms whose box
+        the batch lacks are skipped); fake, real (B,3,S,S) in [-1,1]."""
         terms = {}
         if self.on("l1"):
             terms["l1"] = torch.nn.functional.l1_loss(fake, real)
         if self.on("vgg"):
             terms["vgg"] = self.perceptual(fake, real)
+        for region in ("eye", "mouth"):
+            if self.on(f"l1_{region}") and boxes is not None and boxes.get(region) is not None:
+                terms[f"l1_{region}"] = region_l1(fake, real, boxes[region])
         return terms
 
     def iteration_step(self, batch) -> dict[str, torch.Tensor]:

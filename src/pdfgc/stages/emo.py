@@ -35,7 +35,7 @@ class EmoStage(GANStage):
     COMPONENTS = ("appearance", "motion", "audio", "generator", "discriminator")
     TRAINABLE = {"motion": ("to_emo", "emo_embed"), "generator": None, "discriminator": None}
     GENERATOR = "generator"
-    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "decor", "sync")
+    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "l1_eye", "l1_mouth", "decor", "sync")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -155,7 +155,9 @@ class EmoStage(GANStage):
         return {"fake": fake, "real": batch["frames"][:, z["c"]], **z}
 
     def compute_losses(self, batch, out=None):
-        terms = self.reconstruction_terms(out["fake"], out["real"])
+        c = out["c"]  # the target is the window's centre frame
+        boxes = {r: batch[f"gt_{r}_box"][:, c] for r in ("eye", "mouth") if f"gt_{r}_box" in batch}
+        terms = self.reconstruction_terms(out["fake"], out["real"], boxes)
         if self.on("decor"):
             other = out["f_aud"] if str(self.cfg("loss.decor_with", "audio")) == "audio" else out["lip_a"].flatten(0, 1)
             x = self.bank_emo.with_bank(out["emo"])

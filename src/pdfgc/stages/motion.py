@@ -20,7 +20,7 @@ class MotionStage(GANStage):
     COMPONENTS = ("appearance", "motion", "generator0", "discriminator")
     TRAINABLE = {"appearance": None, "motion": ("model",), "generator0": None, "discriminator": None}
     GENERATOR = "generator0"
-    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "mot", "id")
+    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "l1_eye", "l1_mouth", "mot", "id")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -35,7 +35,8 @@ class MotionStage(GANStage):
         return {"fake": fake, "real": batch["drv"], "f_app": f_app, "f_mot": f_mot}
 
     def compute_losses(self, batch, out=None):
-        terms = self.reconstruction_terms(out["fake"], out["real"])
+        terms = self.reconstruction_terms(out["fake"], out["real"],
+                                          {"eye": batch.get("gt_eye_box"), "mouth": batch.get("gt_mouth_box")})
         if self.on("mot"):
             clean = self.nets["motion"].encode(batch["drv"], heads=())["motion"]
             terms["mot"] = feature_consistency(out["f_mot"], clean, str(self.cfg("loss.mot_kind", "vicreg")))
