@@ -103,6 +103,15 @@ def test_cat_add_matches_numpy(impl, dtype, split, layout):
         assert y.is_contiguous(memory_format=torch.channels_last)  # the residual's layout
 
 
+def test_cat_add_mixed_dtypes_take_the_reference_in_auto(fresh):
+    res = torch.zeros(1, 3, 2, 2)
+    parts = [torch.ones(1, 1, 2, 2, dtype=torch.float64), torch.ones(1, 2, 2, 2)]
+    with torch.no_grad():
+        y = pdfgc_ops.cat_add(parts, res)
+    assert y.dtype == torch.float64 and torch.equal(y, torch.ones(1, 3, 2, 2, dtype=torch.float64))
+    assert _ran("cat_add") == "ref"
+
+
 def test_cat_add_two_dims(impl):
     res = torch.arange(10.0).reshape(2, 5)
     parts = [torch.ones(2, 2), -torch.ones(2, 3)]

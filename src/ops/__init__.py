@@ -321,7 +321,9 @@ def cat_add(parts, residual, impl="auto"):
             for s in shapes) or sum(s[1] for s in shapes) != residual.shape[1]):
         raise ValueError(f"pdfgc_ops.cat_add: parts {shapes} do not concatenate along axis 1 to the residual's "
                          f"shape {tuple(residual.shape)}")
-    chosen = _choose_inference("cat_add", residual, _needs_grad(residual, *parts), impl)
+    mixed = any(p.dtype != residual.dtype or p.device != residual.device for p in parts)
+    chosen = "ref" if mixed and impl == "auto" else _choose_inference("cat_add", residual,
+                                                                       _needs_grad(residual, *parts), impl)
     _record("cat_add", residual.device, chosen)
     if chosen == "ref":
         return cat_add_ref(parts, residual)
