@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdfgc.eval.benchmark import FACTORS, UNITS, _pick_samples, factor_vectors, get_estimator
+from pdfgc.eval.benchmark import FACTORS, UNITS, _emotion_expr, _pick_samples, factor_vectors, get_estimator
 from pdfgc.eval.estimator import chance_scale, to_tensor
 
 METHODS = ("g0_other_identity", "g0_same_identity", "copy_source", "copy_driver")
@@ -69,7 +69,6 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
     from pdfgc.data.synthetic import SyntheticSource
     from pdfgc.eval.metrics import psnr_per_image, ssim_per_image
     from pdfgc.eval.report import md_table, write_json
-    from pdfgc.eval.benchmark import _emotion_expr
     from pdfgc.fileio import atomic_write_text
     from pdfgc.pipeline.core import to_uint8
 
@@ -77,7 +76,7 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     app, mot, g0, info = load_stage1_networks(ckpt, device)
-    size = int(g0.config["image_size"]) if hasattr(g0, "config") else int(getattr(g0, "image_size"))
+    size = int(g0.config["image_size"])
     est, est_path = get_estimator(estimator, out_dir, size, data_seed=data_seed, seed=seed,
                                   num_identities=num_identities, steps=estimator_steps, num_clips=estimator_clips,
                                   progress=progress, log=log)
