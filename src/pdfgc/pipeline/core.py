@@ -34,6 +34,7 @@ NETWORKS = ("appearance", "motion", "audio", "generator")
 # network arithmetic: fp32 = the reference's; bf16/fp16 = torch.autocast around the four networks only (the
 # post-processing between them -- scaling, smoothing, control masks -- stays float32)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_WARNED = {"bf16": False}
 
 
 def check_precision(precision: str, device: torch.device) -> str:
@@ -46,7 +47,8 @@ def check_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PipelineError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use "
                             "precision=fp16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16():
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16() and not _WARNED["bf16"]:
+        _WARNED["bf16"] = True  # once per process (infer.py checks before loading, the Pipeline again)
         log.warning("precision=bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 "
                     "will likely be slower than fp32; precision=fp32 is recommended here")
     return precision
