@@ -46,19 +46,24 @@ def build_flags(name: str) -> dict:
     return {"extra_cflags": ["-O3", "-fopenmp"], "extra_ldflags": ["-fopenmp"]}
 
 
-def _build(name: str) -> object:
+def _cpp_extension(quiet: bool = True):
+    """torch.utils.cpp_extension, imported on demand (heavy: setuptools). Its import-time "No CUDA runtime is
+    found" notice is noise except when building CUDA code, so `quiet` silences it for that one import."""
     import logging
 
-    # heavy import (setuptools), only when a build is needed; its import-time "No CUDA runtime is found" notice is
-    # noise for CPU builds, so it is silenced for that one import
     log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
-    if not name.endswith("_cuda"):
+    if quiet:
         log.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
     finally:
         log.setLevel(level)
+    return cpp_extension
+
+
+def _build(name: str) -> object:
+    cpp_extension = _cpp_extension(quiet=not name.endswith("_cuda"))
 
     sources = [str(CSRC / s) for s in EXTENSIONS[name]]
     missing = [s for s in sources if not os.path.isfile(s)]
@@ -110,6 +115,4 @@ def extensions_dir() -> str:
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if root:
         return root
-    from torch.utils.cpp_extension import get_default_build_root
-
-    return get_default_build_root()
+    return _cpp_extension().get_default_build_root()
