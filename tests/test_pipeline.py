@@ -264,3 +264,25 @@ def test_bf16_generates_close_to_fp32_with_real_networks():
     assert out["bf16"].dtype == torch.float32 and out["bf16"].shape == out["fp32"].shape
     rel = (out["bf16"] - out["fp32"]).pow(2).mean().sqrt() / out["fp32"].std()
     assert 1e-4 < rel < 0.1, rel
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_generation_matches_cpu_fp32(precision):
+    """On a GPU: the same frames as the CPU in fp32 (to float tolerance), and close in half precision."""
+    from pdfgc.models.bundle import PDFGCModels, load_model_config
+
+    torch.manual_seed(0)
+    models = PDFGCModels.from_config(load_model_config("tiny"))
+    s = models.image_size
+    g = torch.Generator().manual_seed(1)
+    src = torch.rand(1, 3, s, s, generator=g) * 2 - 1
+    drv = torch.rand(6, 3, s, s, generator=g) * 2 - 1
+    m = torch.rand(5, 1, 80, 20, generator=g)
+    cpu = Pipeline(models, device="cpu").generate(src, m, drv, drv, drv)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    gpu = Pipeline(models, device="cuda", precision=precision).generate(src, m, drv, drv, drv)
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
+    rel = (gpu - cpu).pow(2).mean().sqrt() / cpu.std()
+    assert rel < (1e-4 if precision == "fp32" else 0.1), rel
