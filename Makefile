@@ -29,12 +29,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m benchmark -s
 
-# On a machine with an NVIDIA GPU: CUDA kernel parity tests, then full-size inference throughput (fp32 and fp16,
+# On a machine with an NVIDIA GPU: every `cuda` test (op parity, pipeline on GPU vs CPU), the nvcc build check, then
+# full-size inference throughput (fp32 and fp16,
 # the issue's 25 frames/s check) and the fused-op benchmark on the GPU. Results: gpu_check/*.txt
 gpu-check: $(STAMP)
 	mkdir -p gpu_check
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: no CUDA device visible to torch')"
-	OMP_NUM_THREADS=4 $(BIN)/python -m pytest -q -m "cuda or slow" tests/test_ops_cuda.py 2>&1 | tee gpu_check/ops_tests.txt
+	OMP_NUM_THREADS=4 $(BIN)/python -m pytest -q -m cuda 2>&1 | tee gpu_check/cuda_tests.txt
+	OMP_NUM_THREADS=4 $(BIN)/python -m pytest -q -m slow tests/test_ops_cuda.py 2>&1 | tee gpu_check/cuda_build.txt
 	$(BIN)/python benchmarks/bench_infer.py --device cuda --frames 64 --batch-sizes 8 16 32 --threads 4 2>&1 | tee gpu_check/infer_fp32.txt
 	$(BIN)/python benchmarks/bench_infer.py --device cuda --frames 64 --batch-sizes 8 16 32 --threads 4 --precision fp16 --no-reference 2>&1 | tee gpu_check/infer_fp16.txt
 
