@@ -144,9 +144,9 @@ def _hourglass(x, P, level):
     return up1 + _bilinear_half_pixel(low, up1.shape[-2:])
 
 
-def _motion_oracle(P, x, depth):
+def _motion_oracle(P, x, depth, stem_stride=2):
     """FAN_use + the four heads, SPEC 2.2; returns (pose, eye, emo, mouth_feat, lip)."""
-    h = _relu(_bn(_conv(x, P, "model.conv1", stride=2, padding=3), P, "model.bn1"))
+    h = _relu(_bn(_conv(x, P, "model.conv1", stride=stem_stride, padding=3), P, "model.bn1"))
     h = _maxpool2(_convblock(h, P, "model.conv2"))
     h = _convblock(_convblock(h, P, "model.conv3"), P, "model.conv4")
     h = _convblock(_hourglass(h, P, depth), P, "model.top_m_0")
@@ -166,9 +166,11 @@ def _motion_oracle(P, x, depth):
             embed(trunk("to_emo"), "emo_embed"), mouth, embed(mouth, "mouth_embed"))
 
 
-@pytest.mark.parametrize("config", ["tiny", "pdfgc"])
+@pytest.mark.parametrize("config", ["tiny", "pdfgc", "tiny_stem_stride_1"])
 def test_motion_encoder_equals_spec_oracle(config):
-    cfg = load_model_config(config)["motion"]
+    cfg = dict(load_model_config(config.replace("_stem_stride_1", ""))["motion"])
+    if config.endswith("_stem_stride_1"):  # the small-crop knob: trunk at S/2 instead of S/4 (fc sees (S/4)^2)
+        cfg["stem_stride"] = 1
     enc = build_component(cfg)
     P = _randomize(enc, seed=2)
     s = cfg["image_size"]
@@ -177,9 +179,11 @@ def test_motion_encoder_equals_spec_oracle(config):
     with torch.no_grad():
         got = enc(x)
         lip = enc.encode(x, heads=("lip",))["lip"]
-    ref = _motion_oracle(P, x, cfg["hourglass_depth"])
+    ref = _motion_oracle(P, x, cfg["hourglass_depth"], cfg.get("stem_stride", 2))
     if config == "pdfgc":  # 224 -> hourglass 56 -> 28 -> 14 -> 7 -> 3 (floor) and back; conv6 map 28x28 -> fc 784
         assert P["model.fc.weight"].shape == (512, 28 * 28)
+    if config.endswith("_stem_stride_1"):
+        assert P["model.fc.weight"].shape[1] == (s // 4) ** 2
     for a, r in zip(list(got) + [lip], ref):
         assert a.shape == r.shape
         torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-9)

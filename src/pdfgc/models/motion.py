@@ -81,9 +81,9 @@ class FAN(nn.Module):
     The 68-channel landmark-heatmap layer `l0` is reduced by conv6 (3x3/2) to one (S/8)^2 map, then fc."""
 
     def __init__(self, image_size: int = 224, stem: int = 64, mid: int = 128, features: int = 256,
-                 hourglass_depth: int = 4, n_landmarks: int = 68, feature_dim: int = 512):
+                 hourglass_depth: int = 4, n_landmarks: int = 68, feature_dim: int = 512, stem_stride: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3)
+        self.conv1 = nn.Conv2d(3, stem, 7, stride=stem_stride, padding=3)
         self.bn1 = nn.BatchNorm2d(stem)
         self.conv2 = ConvBlock(stem, mid)
         self.conv3 = ConvBlock(mid, mid)
@@ -94,7 +94,7 @@ class FAN(nn.Module):
         self.l0 = nn.Conv2d(features, n_landmarks, 1)
         self.bn_end0 = nn.BatchNorm2d(features)
         self.conv6 = nn.Conv2d(n_landmarks, 1, 3, stride=2, padding=1)
-        side = -(-image_size // 8)  # 224 -> 28
+        side = -(-image_size // (4 * stem_stride))  # conv6 output: 224 -> 28 with the released stride 2
         self.fc = nn.Linear(side * side, feature_dim)
         self.bn5 = nn.BatchNorm2d(n_landmarks)
 
@@ -137,17 +137,21 @@ class MotionEncoder(nn.Module):
         pose_dim: int = POSE_DIM,
         eye_dim: int = EYE_DIM,
         emo_dim: int = EMO_DIM,
+        stem_stride: int = 2,             # 2 = released (trunk at S/4); 1 keeps small crops' eyes visible (S/2)
     ):
         super().__init__()
         self.config = dict(image_size=image_size, stem=stem, mid=mid, features=features,
                            hourglass_depth=hourglass_depth, n_landmarks=n_landmarks, feature_dim=feature_dim,
-                           lip_dim=lip_dim, pose_dim=pose_dim, eye_dim=eye_dim, emo_dim=emo_dim)
-        if (image_size // 4) >> hourglass_depth < 1:
+                           lip_dim=lip_dim, pose_dim=pose_dim, eye_dim=eye_dim, emo_dim=emo_dim,
+                           stem_stride=stem_stride)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"MotionEncoder: stem_stride must be 1 or 2 (released: 2), got {stem_stride}")
+        hg = image_size // (2 * stem_stride)  # hourglass input side
+        if hg >> hourglass_depth < 1:
             raise ValueError(f"MotionEncoder: hourglass_depth={hourglass_depth} is too deep for image_size="
-                             f"{image_size} (the hourglass input is {image_size // 4} px; need "
-                             f"{image_size // 4} >= 2**depth)")
+                             f"{image_size} (the hourglass input is {hg} px; need {hg} >= 2**depth)")
         self.feature_dim = feature_dim
-        self.model = FAN(image_size, stem, mid, features, hourglass_depth, n_landmarks, feature_dim)
+        self.model = FAN(image_size, stem, mid, features, hourglass_depth, n_landmarks, feature_dim, stem_stride)
         self.to_mouth = _head(feature_dim)
         self.mouth_embed = _embed(feature_dim, lip_dim)
         self.to_headpose = _head(feature_dim)
