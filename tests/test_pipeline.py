@@ -223,6 +223,18 @@ class AutocastProbe:
         net.forward = forward
 
 
+def tiny_models_and_inputs():
+    """The tiny architecture with seeded random weights, a source, a 6-frame driver and 5 mel windows."""
+    from pdfgc.models.bundle import PDFGCModels, load_model_config
+
+    torch.manual_seed(0)
+    models = PDFGCModels.from_config(load_model_config("tiny"))
+    s = models.image_size
+    g = torch.Generator().manual_seed(1)
+    return (models, torch.rand(1, 3, s, s, generator=g) * 2 - 1, torch.rand(6, 3, s, s, generator=g) * 2 - 1,
+            torch.rand(5, 1, 80, 20, generator=g))
+
+
 def test_bf16_runs_every_network_under_autocast_and_keeps_postprocessing_fp32(caplog):
     d = driver([0.0, 0.1, 0.2, 0.3, 0.4])
     styles = {}
@@ -251,15 +263,7 @@ def test_precision_errors():
 def test_bf16_generates_close_to_fp32_with_real_networks():
     """The tiny architecture with random weights: bf16 output differs from fp32 (bf16 arithmetic did run) by a
     small fraction of the image's own spread."""
-    from pdfgc.models.bundle import PDFGCModels, load_model_config
-
-    torch.manual_seed(0)
-    models = PDFGCModels.from_config(load_model_config("tiny"))
-    s = models.image_size
-    g = torch.Generator().manual_seed(1)
-    src = torch.rand(1, 3, s, s, generator=g) * 2 - 1
-    drv = torch.rand(6, 3, s, s, generator=g) * 2 - 1
-    m = torch.rand(5, 1, 80, 20, generator=g)
+    models, src, drv, m = tiny_models_and_inputs()
     out = {p: Pipeline(models, precision=p).generate(src, m, drv, drv, drv) for p in ("fp32", "bf16")}
     assert out["bf16"].dtype == torch.float32 and out["bf16"].shape == out["fp32"].shape
     rel = (out["bf16"] - out["fp32"]).pow(2).mean().sqrt() / out["fp32"].std()
@@ -270,15 +274,7 @@ def test_bf16_generates_close_to_fp32_with_real_networks():
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_generation_matches_cpu_fp32(precision):
     """On a GPU: the same frames as the CPU in fp32 (to float tolerance), and close in half precision."""
-    from pdfgc.models.bundle import PDFGCModels, load_model_config
-
-    torch.manual_seed(0)
-    models = PDFGCModels.from_config(load_model_config("tiny"))
-    s = models.image_size
-    g = torch.Generator().manual_seed(1)
-    src = torch.rand(1, 3, s, s, generator=g) * 2 - 1
-    drv = torch.rand(6, 3, s, s, generator=g) * 2 - 1
-    m = torch.rand(5, 1, 80, 20, generator=g)
+    models, src, drv, m = tiny_models_and_inputs()
     cpu = Pipeline(models, device="cpu").generate(src, m, drv, drv, drv)
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")

@@ -99,6 +99,16 @@ def _pick_samples(src, clips: int, rng) -> list[tuple[int, int, int]]:
     return out
 
 
+def eval_samples(size: int, clips: int, frames: int, num_identities: int = 500, data_seed: int = 0, seed: int = 0):
+    """The evaluation's synthetic test clips: (source, [(source clip, driver clip, other driver clip)] x clips,
+    driver frame indices 2..2+frames) -- test identities only, every clip identity different."""
+    from pdfgc.data.synthetic import SyntheticSource
+
+    src = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
+                          num_frames=frames + 5, split="test", seed=data_seed)
+    return src, _pick_samples(src, clips, np.random.default_rng(seed)), np.arange(2, 2 + frames)
+
+
 def get_estimator(estimator, out_dir, size: int, data_seed: int = 0, seed: int = 0, num_identities: int = 500,
                   steps: int = 1500, num_clips: int = 400, progress: bool = True, log=print):
     """The factor estimator for `size` px: `estimator` itself (a `FactorEstimator`), or loaded from the path
@@ -145,7 +155,6 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
     Returns the report dict (also written as JSON).
     """
     from pdfgc.data.audio import mel_windows
-    from pdfgc.data.synthetic import SyntheticSource
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -160,11 +169,7 @@ def run_synthetic_benchmark(models_or_ckpt, out_dir, estimator=None, clips: int 
                                   num_identities=num_identities, steps=estimator_steps, num_clips=estimator_clips,
                                   progress=progress, log=log)
 
-    # ---- test samples
-    src = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
-                          num_frames=frames + 5, split="test", seed=data_seed)
-    samples = _pick_samples(src, clips, np.random.default_rng(seed))
-    fidx = np.arange(2, 2 + frames)
+    src, samples, fidx = eval_samples(size, clips, frames, num_identities, data_seed, seed)
 
     gens = ["all"] + [f"off_{c}" for c in ALL_CONTROLS] + [f"leak_{f}" for f in FACTORS]
     est_out: dict[str, dict[str, list]] = {m: {g: [] for g in gens} for m in METHODS}

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdfgc.eval.benchmark import FACTORS, UNITS, _emotion_expr, _pick_samples, factor_vectors, get_estimator
+from pdfgc.eval.benchmark import FACTORS, UNITS, _emotion_expr, factor_vectors, get_estimator, eval_samples
 from pdfgc.eval.estimator import chance_scale, to_tensor
 
 METHODS = ("g0_other_identity", "g0_same_identity", "copy_source", "copy_driver")
@@ -66,7 +66,6 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
     Errors per factor as in the synthetic benchmark (raw, and normalised by the factor's chance level: ~1 = chance,
     0 = follows the driver); PSNR/SSIM against the ground truth (the source identity rendered with the driver's
     factors; for "same identity" that is the driver frame itself)."""
-    from pdfgc.data.synthetic import SyntheticSource
     from pdfgc.eval.metrics import psnr_per_image, ssim_per_image
     from pdfgc.eval.report import md_table, write_json
     from pdfgc.fileio import atomic_write_text
@@ -80,10 +79,7 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
     est, est_path = get_estimator(estimator, out_dir, size, data_seed=data_seed, seed=seed,
                                   num_identities=num_identities, steps=estimator_steps, num_clips=estimator_clips,
                                   progress=progress, log=log)
-    src = SyntheticSource(image_size=size, num_identities=num_identities, clips_per_identity=2,
-                          num_frames=frames + 5, split="test", seed=data_seed)
-    samples = _pick_samples(src, clips, np.random.default_rng(seed))
-    fidx = np.arange(2, 2 + frames)
+    src, samples, fidx = eval_samples(size, clips, frames, num_identities, data_seed, seed)
 
     def reenact(app_img, drv):
         f_app, f_sp = app(app_img.to(device))
