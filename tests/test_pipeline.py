@@ -2,12 +2,14 @@
 the style vector fed to the generator can be predicted by hand (SPEC 1.5-1.8)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pdfgc.constants import APP_DIM, EMO_DIM, EYE_DIM, LIP_DIM, STYLE_DIM
 from pdfgc.pipeline import Pipeline, PipelineError
+from pdfgc.pipeline.core import to_uint8
 
 S = 16
 SIDE = math.exp(-0.5) / (1 + 2 * math.exp(-0.5))
@@ -282,3 +284,35 @@ def test_cuda_generation_matches_cpu_fp32(precision):
     assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
     rel = (gpu - cpu).pow(2).mean().sqrt() / cpu.std()
     assert rel < (1e-4 if precision == "fp32" else 0.1), rel
+
+
+def test_driver_frames_give_the_same_frames_as_float_drivers_without_a_float_copy(monkeypatch):
+    """`DriverFrames` (uint8 crops preprocessed batch by batch, what `__call__` passes) against the same drivers
+    preprocessed up front: identical codes and frames, identical panels, and no preprocessing call ever holds more
+    than one batch of float frames."""
+    from pdfgc.data import align
+    from pdfgc.pipeline.core import DriverFrames, make_panel
+
+    models, src, _, m = tiny_models_and_inputs()
+    s = models.image_size
+    rng = np.random.default_rng(3)
+    u8 = {k: rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8) for k, n in (("pose", 9), ("exp", 4))}
+    u8["exp"][2:] = u8["exp"][1]  # repeated frames: encoded once either way
+    floats = {k: torch.from_numpy(align.ref_preprocess(v, size=s)) for k, v in u8.items()}
+    pipe = Pipeline(models, batch_size=4)
+    want = pipe.generate(src, m, pose=floats["pose"], exp=floats["exp"], eye=floats["pose"])
+    want_encoded = pipe.last_encoded
+
+    sizes = []
+    real = align.ref_preprocess
+    monkeypatch.setattr(align, "ref_preprocess", lambda x, size: sizes.append(len(x)) or real(x, size=size))
+    lazy = {k: DriverFrames(v, s) for k, v in u8.items()}
+    got = pipe.generate(src, m, pose=lazy["pose"], exp=lazy["exp"], eye=lazy["pose"], as_uint8=True)
+    assert pipe.last_encoded == want_encoded
+    assert got.dtype == np.uint8 and np.array_equal(got, to_uint8(want))
+    assert sizes and max(sizes) <= pipe.batch_size
+    panel_lazy = make_panel(src, got, [lazy["pose"], lazy["exp"], None], len(got))
+    panel_float = make_panel(src, want, [floats["pose"], floats["exp"], None], len(got))
+    assert np.array_equal(panel_lazy, panel_float)
+    with pytest.raises(TypeError, match="slice"):
+        lazy["pose"][0]

@@ -97,6 +97,57 @@ def _frame_key(frame: torch.Tensor) -> bytes:
     return hashlib.blake2b(a.contiguous().numpy().tobytes(), digest_size=16).digest()
 
 
+class DriverFrames:
+    """Driver frames kept as aligned uint8 crops `(T, H, W, 3)` and preprocessed (`ref_preprocess`, per frame, as the
+    reference does) to float `(3, S, S)` only when a batch needs them. A driver then costs 150 KB per 224 px frame
+    instead of 600 KB of float32: `Pipeline.__call__` passes long videos this way. Supports what
+    `Pipeline.generate` needs of a driver tensor: `shape` / `ndim` / `len`, contiguous slices (views), `take(indices)`
+    -> float (k, 3, S, S), and `key(i)`, the content hash of frame i (identical frames are encoded once)."""
+
+    ndim = 4
+
+    def __init__(self, frames: np.ndarray, size: int, start: int = 0, stop: int | None = None):
+        self.frames = frames
+        self.size = int(size)
+        self.start = int(start)
+        self.stop = len(frames) if stop is None else int(stop)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.stop - self.start, 3, self.size, self.size)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, item):
+        if not isinstance(item, slice):
+            raise TypeError("DriverFrames: index with a slice (a view) or use take(indices) for float frames")
+        a, b, step = item.indices(len(self))
+        if step != 1:
+            raise ValueError("DriverFrames: only contiguous slices")
+        return DriverFrames(self.frames, self.size, self.start + a, self.start + max(a, b))
+
+    def take(self, indices) -> torch.Tensor:
+        from pdfgc.pipeline._align_adapter import ref_preprocess
+
+        return ref_preprocess(self.frames[[self.start + int(i) for i in indices]], size=self.size)
+
+    def key(self, i: int) -> bytes:
+        import hashlib
+
+        return hashlib.blake2b(np.ascontiguousarray(self.frames[self.start + int(i)]).tobytes(),
+                               digest_size=16).digest()
+
+
+def _driver_key(t, i: int) -> bytes:
+    return t.key(i) if isinstance(t, DriverFrames) else _frame_key(t[i])
+
+
+def _driver_frames(t, indices) -> torch.Tensor:
+    """Float (k, 3, S, S) frames `indices` of a driver tensor or `DriverFrames`."""
+    return t.take(indices) if isinstance(t, DriverFrames) else t[list(indices)]
+
+
 def resolve_device(device) -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
     if device is None or device == "auto":
@@ -200,10 +251,11 @@ class Pipeline:
                 bar.update(min(self.batch_size, x.shape[0] - i))
         return outs
 
-    def _check_driver(self, t, name: str) -> torch.Tensor:
+    def _check_driver(self, t, name: str):
         s = self.image_size
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1:] != (3, s, s) or t.shape[0] < 1:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        if not isinstance(t, (torch.Tensor, DriverFrames)) or t.ndim != 4 or tuple(t.shape[1:]) != (3, s, s) \
+                or t.shape[0] < 1:
+            shape = tuple(t.shape) if isinstance(t, (torch.Tensor, DriverFrames)) else type(t).__name__
             raise PipelineError(f"{name}: expected a float tensor (L,3,{s},{s}) with L >= 1, got {shape}")
         return t
 
@@ -213,7 +265,8 @@ class Pipeline:
                       drop_leading: bool = True) -> dict[str, torch.Tensor]:
         """Per-output-frame raw motion codes from the drivers of the controls that are on.
 
-        drivers: {"pose": (Lp,3,S,S)|None, "exp": ..., "eye": ...}. Returns {"pose": (N,6), "emo": (N,30),
+        drivers: {"pose": (Lp,3,S,S)|None, "exp": ..., "eye": ...} float tensors or `DriverFrames` (made into
+        float frames batch by batch). Returns {"pose": (N,6), "emo": (N,30),
         "eye": (N,6)} for the controls that are on (unscaled, unsmoothed). Every distinct frame is encoded once:
         only the first min(N, L) frames after the leading drop are ever used, and frames with identical content
         (the same video given for several controls, a static expression clip of repeated frames) share one
@@ -221,7 +274,7 @@ class Pipeline:
         """
         need = {"pose": controls.needs_pose, "exp": controls.needs_exp, "eye": controls.needs_eye}
         what = {"pose": "headpose", "exp": "emo", "eye": "blink/gaze"}
-        pool: list[torch.Tensor] = []
+        pool: list[tuple] = []  # (driver, frame index) of every distinct frame, materialised batch by batch
         row_of: dict[bytes, int] = {}
         rows: dict[str, torch.Tensor] = {}
         for name, on in need.items():
@@ -234,13 +287,12 @@ class Pipeline:
             t = self._check_driver(t, name)
             drop = leading_drop(t.shape[0]) if drop_leading else 0
             t = t[drop:]
-            used = t[: min(num_frames, t.shape[0])]  # indices i mod L < min(N, L): never encode unused frames
             r = []
-            for frame in used:
-                key = _frame_key(frame)
+            for j in range(min(num_frames, t.shape[0])):  # indices i mod L < min(N, L): never encode unused frames
+                key = _driver_key(t, j)
                 if key not in row_of:
                     row_of[key] = len(pool)
-                    pool.append(frame)
+                    pool.append((t, j))
                 r.append(row_of[key])
             rows[name] = torch.as_tensor(r, dtype=torch.long)[torch.from_numpy(driver_indices(num_frames, t.shape[0]))]
         codes: dict[str, torch.Tensor] = {}
@@ -248,8 +300,11 @@ class Pipeline:
             return codes
         t0 = time.perf_counter()
         # channels-last input lets oneDNN skip layout reorders in the FAN trunk (~13% faster on this CPU, same math)
-        outs = self._batched(lambda x: self.models.motion(x.contiguous(memory_format=torch.channels_last))[:3],
-                             torch.stack(pool))
+        outs = []
+        for i in range(0, len(pool), self.batch_size):
+            x = torch.cat([_driver_frames(t, [j]) for t, j in pool[i:i + self.batch_size]]).to(self.device)
+            with self._amp():
+                outs.append(self.models.motion(x.contiguous(memory_format=torch.channels_last))[:3])
         pose = torch.cat([o[0] for o in outs]).float()
         eye = torch.cat([o[1] for o in outs]).float()
         emo = torch.cat([o[2] for o in outs]).float()
@@ -269,7 +324,7 @@ class Pipeline:
     def generate(self, source: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor | None = None,
                  exp: torch.Tensor | None = None, eye: torch.Tensor | None = None,
                  controls: str | Sequence[str] | Controls | None = ("all",), drop_leading: bool = True,
-                 progress: bool = False, return_style: bool = False):
+                 progress: bool = False, return_style: bool = False, as_uint8: bool = False):
         """Tensor-level core (no I/O, no alignment).
 
         Args:
@@ -280,8 +335,11 @@ class Pipeline:
             controls: see `parse_controls`; default all on.
             drop_leading: drop the first two driver frames like the reference (SPEC 1.5).
             return_style: also return the (N, 2590) style vectors fed to the generator.
+            as_uint8: return uint8 (N,S,S,3) frames (`to_uint8`, batch by batch: a quarter of the memory of the
+                float images for long audio).
         Returns:
-            (N,3,S,S) float32 images in [-1,1] on the CPU (and the style when `return_style`).
+            (N,3,S,S) float32 images in [-1,1] on the CPU, or uint8 (N,S,S,3) frames with `as_uint8` (and the style
+            when `return_style`).
         """
         controls = parse_controls(controls)
         if mel.ndim != 4 or mel.shape[1] != 1:
@@ -340,7 +398,7 @@ class Pipeline:
                                       rng=rng)
                 if isinstance(img, (tuple, list)):
                     img = img[0]
-                images.append(img.float().cpu())
+                images.append(to_uint8(img) if as_uint8 else img.float().cpu())
                 if bar is not None:
                     bar.update(b)
         finally:
@@ -348,7 +406,7 @@ class Pipeline:
                 bar.close()
         self._tick("generator", t0)
         self.last_timings["total"] = time.perf_counter() - t_start
-        out = torch.cat(images)
+        out = np.concatenate(images) if as_uint8 else torch.cat(images)
         return (out, style.cpu()) if return_style else out
 
     # ------------------------------------------------------------------ file/array level
@@ -410,25 +468,25 @@ class Pipeline:
                             name, d.frames.shape[0], n)
             drv[name] = d
 
-        # preprocess each distinct driver once (the core then encodes each distinct frame once)
-        tensors: dict[str, torch.Tensor] = {}
-        by_key: dict[str, torch.Tensor] = {}
+        # drivers stay uint8 and are preprocessed batch by batch (DriverFrames); one per distinct driver, so the
+        # core encodes each distinct frame once
+        tensors: dict[str, DriverFrames] = {}
+        by_key: dict[str, DriverFrames] = {}
         for name, d in drv.items():
             if d is None:
                 continue
             if d.key not in by_key:
                 # frames past N + 2 are never used (output frame i < N uses frame 2 + i mod (L - 2)); trimming
                 # keeps the leading drop and the looping unchanged and saves work on long drivers
-                by_key[d.key] = self.preprocess(d.frames[: n + FRAME_OFFSET])
+                by_key[d.key] = DriverFrames(d.frames[: n + FRAME_OFFSET], self.image_size)
             tensors[name] = by_key[d.key]
         src_t = self.preprocess(src[None])
         gen_in = {k: (tensors.get(k) if on else None) for k, on in
                   (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye))}
-        images = self.generate(src_t, mel, controls=controls, progress=progress, **gen_in)
-        frames = to_uint8(images)
+        frames = self.generate(src_t, mel, controls=controls, progress=progress, as_uint8=True, **gen_in)
         panel = None
         if layout == "panel":
-            panel = make_panel(src_t, images, [tensors.get(k) for k in ("pose", "exp", "eye")], n)
+            panel = make_panel(src_t, frames, [tensors.get(k) for k in ("pose", "exp", "eye")], n)
         if sync_fix:
             frames = np.concatenate([np.repeat(frames[:1], FRAME_OFFSET, 0), frames])
             if panel is not None:
@@ -440,16 +498,16 @@ class Pipeline:
         return result
 
 
-def make_panel(source: torch.Tensor, generated: torch.Tensor, drivers: list, n: int,
-               drop_leading: bool = True) -> np.ndarray:
+def make_panel(source: torch.Tensor, generated, drivers: list, n: int, drop_leading: bool = True) -> np.ndarray:
     """Reference 5-panel frames [appearance | generated | pose | exp | eye] -> uint8 (N, S, 5S, 3) (SPEC 1.9).
 
+    `generated`: float (N,3,S,S) images or uint8 (N,S,S,3) frames; drivers: float tensors, `DriverFrames` or None.
     Each driver panel shows the driver frame that output frame i used (i mod L after the leading drop); an absent
     driver is a black panel.
     """
-    s = generated.shape[-1]
+    gen = generated if isinstance(generated, np.ndarray) else to_uint8(generated)
+    s = gen.shape[1]
     app = to_uint8(source[:1].cpu())[0]
-    gen = to_uint8(generated)
     out = np.zeros((n, s, 5 * s, 3), np.uint8)
     out[:, :, 0:s] = app
     out[:, :, s:2 * s] = gen
@@ -459,7 +517,9 @@ def make_panel(source: torch.Tensor, generated: torch.Tensor, drivers: list, n: 
         drop = leading_drop(d.shape[0]) if drop_leading else 0
         d = d[drop:]
         idx = driver_indices(n, d.shape[0])
-        frames = to_uint8(d[: min(n, d.shape[0])].cpu())
+        used = min(n, d.shape[0])
+        frames = np.concatenate([to_uint8(_driver_frames(d, range(a, min(a + 64, used))).cpu())
+                                 for a in range(0, used, 64)])  # in chunks: no float copy of a long driver
         out[:, :, (2 + k) * s:(3 + k) * s] = frames[idx]
     return out
 
