@@ -87,14 +87,16 @@ class PipelineOutput:
         return int(self.frames.shape[0])
 
 
-def _frame_key(frame: torch.Tensor) -> bytes:
-    """Content hash of one driver frame (identical pixels -> identical motion codes, so encode once)."""
+def _content_key(a: np.ndarray) -> bytes:
+    """Content hash of one frame's pixels (identical pixels -> identical motion codes, so encode once)."""
     import hashlib
 
-    a = frame.detach()
-    if a.device.type != "cpu":
-        a = a.cpu()
-    return hashlib.blake2b(a.contiguous().numpy().tobytes(), digest_size=16).digest()
+    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+
+
+def _frame_key(frame: torch.Tensor) -> bytes:
+    """`_content_key` of a driver frame tensor (on any device)."""
+    return _content_key(frame.detach().cpu().numpy())
 
 
 class DriverFrames:
@@ -133,10 +135,7 @@ class DriverFrames:
         return ref_preprocess(self.frames[[self.start + int(i) for i in indices]], size=self.size)
 
     def key(self, i: int) -> bytes:
-        import hashlib
-
-        return hashlib.blake2b(np.ascontiguousarray(self.frames[self.start + int(i)]).tobytes(),
-                               digest_size=16).digest()
+        return _content_key(self.frames[self.start + int(i)])
 
 
 def _driver_key(t, i: int) -> bytes:
