@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdfgc.constants import ALIGN_TEMPLATE, IMAGE_SIZE, REF_CROP
+from pdfgc.errors import UserError
 
 # landmark index ranges (68-point iBUG scheme) of the three alignment points
 EYE_A = slice(36, 42)  # eye on the image left (the subject's right eye)
@@ -33,7 +34,7 @@ BIAS_MEMORY = 0.2  # weight of the previous (smoothed) mouth bias, SPEC 1.3
 TEMPLATE = np.asarray(ALIGN_TEMPLATE, dtype=np.float64)  # (3, 2) on the IMAGE_SIZE canvas
 
 
-class AlignmentError(ValueError):
+class AlignmentError(UserError, ValueError):
     """Landmarks that cannot be aligned (wrong shape, NaN, degenerate points); the message says which."""
 
 

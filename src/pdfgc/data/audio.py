@@ -29,6 +29,7 @@ import numpy as np
 
 from pdfgc.constants import (FMAX, FMIN, FRAME_OFFSET, HOP_LENGTH, MEL_PER_FRAME, MEL_WINDOW, N_FFT, N_MELS,
                              SAMPLE_RATE, WIN_LENGTH)
+from pdfgc.errors import UserError
 
 RMS_TARGET = 0.1  # reference loudness after normalisation
 RMS_FLOOR = 1e-4  # denominator floor of the reference normalisation
@@ -39,7 +40,7 @@ AMP_FLOOR = 1e-5  # = 10 ** (MIN_LEVEL_DB / 20)
 PRE_PAD = WIN_LENGTH - HOP_LENGTH  # 1120 zeros before the signal (lws perfectrec with 1280 % 160 == 0)
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """Audio that cannot be turned into mel features; the message names the file and what to do."""
 
 

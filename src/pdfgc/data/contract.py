@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from pdfgc.constants import MEL_WINDOW, N_MELS
+from pdfgc.errors import UserError
 
 STAGES = ("motion", "lip", "pose", "eye", "emo")
 
@@ -34,7 +35,7 @@ _MEL_KEYS = {"mel"}
 _NAN_OK = {"eye_open", "gaze", "pose"}
 
 
-class BatchContractError(ValueError):
+class BatchContractError(UserError, ValueError):
     """A batch does not match the contract of its stage."""
 
 

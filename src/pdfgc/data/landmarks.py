@@ -22,6 +22,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from pdfgc.errors import UserError
+
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
 # face-alignment 1.4/1.5 file names (its `models_urls`); the user downloads them once, we only look for them
 FA_FILES = {
@@ -31,7 +33,7 @@ FA_FILES = {
 BACKENDS = ("dlib", "face_alignment")
 
 
-class LandmarkError(ValueError):
+class LandmarkError(UserError, ValueError):
     """Base class of landmark failures (data problems, not bugs)."""
 
 
@@ -47,7 +49,7 @@ class MultipleFacesError(LandmarkError):
         self.count = count
 
 
-class LandmarkModelMissing(FileNotFoundError):
+class LandmarkModelMissing(UserError, FileNotFoundError):
     """A landmark model file is missing; the message says where to put / get it."""
 
 

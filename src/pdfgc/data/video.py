@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from pdfgc.constants import FPS, SAMPLE_RATE
+from pdfgc.errors import UserError
 from pdfgc.fileio import atomic_path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-class MediaError(RuntimeError):
+class MediaError(UserError, RuntimeError):
     """A media file could not be read or written; the message names the file and what to do."""
 
 

@@ -127,6 +127,13 @@ class PDFGCModels(nn.Module):
     def image_size(self) -> int:
         return self.generator.image_size
 
+    @property
+    def code_dims(self) -> dict[str, int]:
+        """Widths of the style parts in assembly order: {"app", "lip", "emo", "eye", "pose"} (2048, 500, 30, 6, 6
+        for the released model); their sum is the generator's style_dim."""
+        m = self.motion.code_dims
+        return {"app": self.appearance.app_dim, "lip": m["lip"], "emo": m["emo"], "eye": m["eye"], "pose": m["pose"]}
+
     def config_dict(self) -> dict:
         """Model config (same layout as configs/model/*.yaml) that rebuilds these four networks."""
         cfg = {"image_size": self.image_size}

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from pdfgc.errors import UserError
 from pdfgc.fileio import atomic_path
 
 from .bundle import INFERENCE_COMPONENTS, ConfigLike, PDFGCModels, build_component, component_config
@@ -50,7 +51,7 @@ EXPORT_FORMAT = "pdfgc"
 EXPORT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file/folder is missing, unreadable or does not fit the model."""
 
 

@@ -161,6 +161,38 @@ class MotionEncoder(nn.Module):
         self.to_emo = _head(feature_dim)
         self.emo_embed = _embed(feature_dim, emo_dim)
 
+    # role -> (head trunk, embedding) attribute names; the names are the released checkpoint's keys (SPEC 2.2)
+    _HEADS = {"lip": ("to_mouth", "mouth_embed"), "pose": ("to_headpose", "headpose_embed"),
+              "eye": ("to_eye", "eye_embed"), "emo": ("to_emo", "emo_embed")}
+    ROLES = ("trunk",) + tuple(_HEADS)
+
+    @property
+    def code_dims(self) -> dict[str, int]:
+        """Width of each factor code: {"lip": 500, "pose": 6, "eye": 6, "emo": 30} for the released model."""
+        c = self.config
+        return {"lip": c["lip_dim"], "pose": c["pose_dim"], "eye": c["eye_dim"], "emo": c["emo_dim"]}
+
+    def role_modules(self, role: str) -> list[nn.Module]:
+        """The sub-modules that make up `role`: "trunk" (the FAN, unified motion feature) or a factor head
+        ("lip", "pose", "eye", "emo": its feature MLP and its code embedding). Stages freeze and train by role."""
+        if role == "trunk":
+            return [self.model]
+        if role not in self._HEADS:
+            raise KeyError(f"MotionEncoder: unknown role {role!r}; roles are {list(self.ROLES)}")
+        return [getattr(self, n) for n in self._HEADS[role]]
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,3,S,S) in [-1,1] -> unified motion feature f (B, feature_dim)."""
+        return self.model(x)
+
+    def head(self, role: str, f: torch.Tensor, with_feature: bool = False):
+        """Factor code of `role` from the unified feature f (B, feature_dim): (B, code_dims[role]); with
+        `with_feature` also the head's feature (B, feature_dim) before the embedding, as `(feature, code)`."""
+        feat_net, embed = self.role_modules(role)
+        feat = feat_net(f)
+        code = embed(feat)
+        return (feat, code) if with_feature else code
+
     def forward(self, x: torch.Tensor):
         f = self.model(x)
         pose = self.headpose_embed(self.to_headpose(f))
@@ -169,17 +201,11 @@ class MotionEncoder(nn.Module):
         return pose, eye, emo, self.to_mouth(f)
 
     def encode(self, x: torch.Tensor, heads: tuple[str, ...] = ("pose", "eye", "emo", "lip")) -> dict:
-        """x (B,3,S,S) -> dict(motion (B,feature_dim), and per requested head: pose, eye, emo,
-        mouth_feat (B,feature_dim) + lip (B,lip_dim)). Skipping heads saves work (e.g. stage 1 needs none)."""
+        """x (B,3,S,S) -> dict(motion=(B,feature_dim) unified feature, and per requested head role: `<role>` its
+        code (B, code_dims[role]) and `<role>_feat` the head feature (B,feature_dim)). Skipping heads saves work
+        (stage 1 needs none)."""
         f = self.model(x)
         out = {"motion": f}
-        if "pose" in heads:
-            out["pose"] = self.headpose_embed(self.to_headpose(f))
-        if "eye" in heads:
-            out["eye"] = self.eye_embed(self.to_eye(f))
-        if "emo" in heads:
-            out["emo"] = self.emo_embed(self.to_emo(f))
-        if "lip" in heads:
-            out["mouth_feat"] = self.to_mouth(f)
-            out["lip"] = self.mouth_embed(out["mouth_feat"])
+        for role in heads:
+            out[f"{role}_feat"], out[role] = self.head(role, f, with_feature=True)
         return out

@@ -41,10 +41,10 @@ class LipStage(StageModule):
         b, n = frames.shape[:2]
         vis = self.nets["motion"].encode(frames.flatten(0, 1), heads=("lip",))
         f_aud, lip_a = self.nets["audio"](mel.flatten(0, 1))
-        if f_aud.shape[1] != vis["mouth_feat"].shape[1]:
+        if f_aud.shape[1] != vis["lip_feat"].shape[1]:
             raise ValueError(f"lip stage: audio embed_dim {f_aud.shape[1]} != motion feature_dim "
-                             f"{vis['mouth_feat'].shape[1]}; set model.audio.embed_dim = model.motion.feature_dim")
-        return b, n, f_aud, lip_a, vis["mouth_feat"], vis["lip"]
+                             f"{vis['lip_feat'].shape[1]}; set model.audio.embed_dim = model.motion.feature_dim")
+        return b, n, f_aud, lip_a, vis["lip_feat"], vis["lip"]
 
     def compute_losses(self, batch):
         b, n, f_aud, lip_a, f_vis, lip_v = self.features(batch)
