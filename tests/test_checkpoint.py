@@ -8,8 +8,9 @@ import torch
 
 from pdfgc import constants as C
 from pdfgc.models import PDFGCModels, assemble_style
-from pdfgc.models.checkpoint import (CHECKPOINT_URL, OFFICIAL_CONFIG_FILE, CheckpointError, CheckpointNotFoundError,
-                                     OFFICIAL_FILES, load_official, make_random_official, save_pretrained)
+from pdfgc.models.bundle import load_official, make_random_official, save_pretrained
+from pdfgc.models.checkpoint import (CHECKPOINT_URL, OFFICIAL_CONFIG_FILE, OFFICIAL_FILES, CheckpointError,
+                                     CheckpointNotFoundError)
 from pdfgc.models.convert import main as convert_main
 
 
@@ -164,7 +165,7 @@ def test_reference_extras_accepted_and_named(official_dir, tmp_path, caplog):
     _edit(d, "audio_model.pth", lambda sd: sd.update(extra_audio))
     _edit(d, "motion_model.pth", lambda sd: sd.update(extra_motion))
     _edit(d, "generator_model.pth", lambda sd: sd.update({"extra.thing": torch.zeros(1)}))
-    with caplog.at_level(logging.INFO, logger="pdfgc.models.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="pdfgc.models"):
         m = load_official(d)
     assert m.load_report["audio"]["ignored"] == sorted(extra_audio)
     assert m.load_report["motion"]["ignored"] == sorted(extra_motion)

@@ -45,7 +45,7 @@ def assets(tmp_path_factory):
     import skimage.data
     import soundfile as sf
 
-    from pdfgc.models.checkpoint import make_random_official
+    from pdfgc.models.bundle import make_random_official
 
     d = tmp_path_factory.mktemp("infer")
     make_random_official(d / "ckpt", "tiny", seed=0)

@@ -371,7 +371,7 @@ def test_generator_on_cuda_fused_equals_grouped_and_keeps_noise_on_device():
 
 def test_model_config_folder_override(tmp_path, monkeypatch):
     """Installs without the repository's configs/model point PDFGC_MODEL_CONFIG_DIR at a copy (docs/models.md)."""
-    from pdfgc.models.bundle import CONFIG_DIR_ENV, config_dir
+    from pdfgc.models.config import CONFIG_DIR_ENV, config_dir
 
     repo_dir = config_dir()
     assert repo_dir == Path(__file__).resolve().parents[1] / "configs" / "model"  # source tree: the single source

@@ -111,6 +111,12 @@ class AppearanceEncoder(nn.Module):
         self.conv1x1 = nn.Conv2d(self.app_dim, spatial_dim, 1)
         self.fc = nn.Linear(self.app_dim, num_classes)
 
+    @staticmethod
+    def output_dim(base_planes: int = 64, **_) -> int:
+        """app_dim (the width of f_app) of this configuration without building it: the ResNeXt's last stage has
+        8 x base_planes bottleneck planes x expansion 4 (2048 released)."""
+        return int(base_planes) * 8 * Bottleneck.expansion
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.model.features(x)
         f_app = torch.flatten(self.model.avgpool(feat), 1)

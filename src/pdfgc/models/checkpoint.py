@@ -1,4 +1,5 @@
-"""Checkpoints: the released PD-FGC files (four plain state_dicts) and the pdfgc export format.
+"""Checkpoint files, one network at a time: the released PD-FGC files (four plain state_dicts) and the pdfgc export
+format. The four-network operations (load/save a folder, convert) are `PDFGCModels` methods in `pdfgc.models.bundle`.
 
 Official folder (SPEC 2.6): `appearance_model.pth`, `motion_model.pth`, `audio_model.pth`, `generator_model.pth`.
 Loading keeps the reference's intentional rules and names what it ignores:
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from torch import nn
 from pdfgc.errors import UserError
 from pdfgc.fileio import atomic_path
 
-from .bundle import INFERENCE_COMPONENTS, ConfigLike, PDFGCModels, build_component, component_config
+from .config import build_component, component_config
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ OFFICIAL_CONFIG_FILE = "pdfgc_model_config.json"
 CHECKPOINT_URL = "https://drive.google.com/file/d/1UtFpTnRvUNGNSsr1LDU6W5nNtzacIB9J/view"
 WHERE_TO_GET = (f"download checkpoints.tar from {CHECKPOINT_URL} (linked from the README of "
                 "github.com/Dorniwang/PD-FGC-inference) and extract it: `tar -xf checkpoints.tar`; or create a "
-                "random-weight folder for tests with pdfgc.models.checkpoint.make_random_official(dir, 'tiny')")
+                "random-weight folder for tests with pdfgc.models.bundle.make_random_official(dir, 'tiny')")
 EXPORT_INDEX = "model_index.json"
 EXPORT_FORMAT = "pdfgc"
 EXPORT_VERSION = 1
@@ -185,78 +186,6 @@ def match_state_dict(component: str, module: nn.Module, file_sd: Mapping[str, to
     return to_load, sorted(ignored)
 
 
-def load_official(path, config: ConfigLike | None = None, load_identity_head: bool = False,
-                  device: str | torch.device = "cpu") -> PDFGCModels:
-    """Load a folder with the four released .pth files into PDFGCModels (eval mode).
-
-    config: model config (name/path/dict); None = the folder's `pdfgc_model_config.json` if present, else "pdfgc".
-    load_identity_head: also load the appearance `fc.*` identity head (the reference leaves it random).
-    The returned models carry `load_report` = {component: {"file": str, "ignored": [keys]}}.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointNotFoundError(f"checkpoint folder {folder} does not exist: {WHERE_TO_GET}")
-    files = {c: official_file(folder, c) for c in INFERENCE_COMPONENTS}  # fail before any heavy work
-    if config is None:
-        side = folder / OFFICIAL_CONFIG_FILE
-        config = json.loads(side.read_text()) if side.is_file() else "pdfgc"
-    models = PDFGCModels.from_config(config)
-    report = {}
-    for comp in INFERENCE_COMPONENTS:
-        module = getattr(models, comp)
-        sd = read_state_dict(files[comp])
-        to_load, ignored = match_state_dict(comp, module, sd, files[comp], load_identity_head)
-        module.load_state_dict(to_load, strict=False)
-        if ignored:
-            log.info("%s: ignored %d key(s) as the reference loader does: %s%s", files[comp], len(ignored),
-                     ignored[:6], " ..." if len(ignored) > 6 else "")
-        report[comp] = {"file": str(files[comp]), "ignored": ignored}
-    models.load_report = report
-    return models.to(device).eval()
-
-
-def save_official(models: PDFGCModels, path) -> Path:
-    """Write `models` as the four official .pth files (plain state_dicts, reference key names) plus
-    `pdfgc_model_config.json` (ignored by the reference; lets `load_official` rebuild non-default architectures).
-    Writes are atomic per file. Returns the folder."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    for comp in INFERENCE_COMPONENTS:
-        sd = {k: v.detach().cpu().contiguous() for k, v in getattr(models, comp).state_dict().items()}
-        _atomic_write(folder / OFFICIAL_FILES[comp], lambda tmp, sd=sd: torch.save(sd, tmp))
-    cfg = json.dumps(models.config_dict(), indent=2)
-    _atomic_write(folder / OFFICIAL_CONFIG_FILE, lambda tmp: Path(tmp).write_text(cfg))
-    return folder
-
-
-def _randomize_(module: nn.Module, gen: torch.Generator) -> None:
-    """Give zero/one-initialised parameters and BN statistics random values so that round-trip tests can
-    detect a key that was not loaded (a freshly built twin has different values everywhere)."""
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith((".kernel",)):
-                continue  # fixed FIR taps (part of the architecture)
-            else:
-                t.add_(0.1 * torch.randn(t.shape, generator=gen))
-
-
-def make_random_official(path, config: ConfigLike = "tiny", seed: int = 0) -> Path:
-    """Create a checkpoint folder in the released format with random weights of the architecture `config`
-    ("tiny" for fast tests, "pdfgc" for the full-size shapes). Deterministic in `seed`; does not touch the
-    global RNG. Returns the folder; load it with `PDFGCModels.from_official(path)`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        models = PDFGCModels.from_config(config)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for comp in INFERENCE_COMPONENTS:
-        _randomize_(getattr(models, comp), gen)
-    return save_official(models, path)
-
-
 # --------------------------------------------------------------------------------------------- pdfgc export
 def save_component(module: nn.Module, folder) -> Path:
     """Write one component as `folder/config.json` + `folder/model.safetensors`."""
@@ -284,7 +213,7 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
         cfg = json.loads((folder / "config.json").read_text())
     except ValueError as e:
         raise CheckpointError(f"pdfgc export: {folder / 'config.json'} is not valid JSON ({e})") from e
-    module = build_component(cfg)
+    module = build_component(cfg, source=str(folder / "config.json"))
     try:
         sd = load_file(str(folder / "model.safetensors"))
     except Exception as e:
@@ -303,36 +232,6 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
     return module.to(device).eval()
 
 
-def save_pretrained(models: PDFGCModels, path, extra: Optional[Mapping[str, nn.Module]] = None) -> Path:
-    """Write the pdfgc export: `model_index.json` and a folder per component (appearance, motion, audio,
-    generator, plus any `extra` modules such as generator0 or discriminator). Returns the folder."""
-    folder = Path(path)
-    comps = {c: getattr(models, c) for c in INFERENCE_COMPONENTS}
-    comps.update(extra or {})
-    for name, module in comps.items():
-        save_component(module, folder / name)
-    index = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-             "components": {n: component_config(m)["_target_"] for n, m in comps.items()}}
-    _atomic_write(folder / EXPORT_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
-    return folder
-
-
-def load_pretrained(path, device: str | torch.device = "cpu") -> PDFGCModels:
-    """Load the four inference networks of a pdfgc export (see `save_pretrained`)."""
-    folder = Path(path)
-    idx = folder / EXPORT_INDEX
-    if not idx.is_file():
-        raise CheckpointNotFoundError(f"pdfgc export: {idx} not found; {folder} is not a pdfgc export "
-                                      "(written by PDFGCModels.save_pretrained / python -m pdfgc.models.convert)")
-    index = json.loads(idx.read_text())
-    if index.get("format") != EXPORT_FORMAT or index.get("version", 0) > EXPORT_VERSION:
-        raise CheckpointError(f"pdfgc export: {idx} has format {index.get('format')!r} version "
-                              f"{index.get('version')!r}; this pdfgc reads format {EXPORT_FORMAT!r} <= "
-                              f"{EXPORT_VERSION}")
-    models = PDFGCModels(**{c: load_component(folder / c) for c in INFERENCE_COMPONENTS})
-    return models.to(device).eval()
-
-
 def detect_format(path) -> str:
     """'pdfgc' (export), 'official' (released .pth files) or CheckpointNotFoundError."""
     folder = Path(path)
@@ -346,15 +245,3 @@ def detect_format(path) -> str:
                                            f"{list(OFFICIAL_FILES.values())} (found {present})"
                                            if present is not None else "does not exist") + f". {WHERE_TO_GET}")
 
-
-def load_any(path, device: str | torch.device = "cpu", **kwargs: Any) -> PDFGCModels:
-    """Load a pdfgc export or an official folder, whichever `path` is."""
-    if detect_format(path) == "pdfgc":
-        return load_pretrained(path, device=device)
-    return load_official(path, device=device, **kwargs)
-
-
-def convert_official(src, dst, config: ConfigLike | None = None) -> Path:
-    """Convert a released checkpoint folder to the pdfgc export format (every tensor of the files that the model
-    has, the appearance identity head included). Returns dst."""
-    return save_pretrained(load_official(src, config=config, load_identity_head=True), dst)

@@ -8,7 +8,8 @@ import argparse
 import logging
 import sys
 
-from .checkpoint import CheckpointError, detect_format, load_any, save_official, save_pretrained
+from .bundle import load_any, save_official, save_pretrained
+from .checkpoint import CheckpointError, detect_format
 
 
 def main(argv=None) -> int:

@@ -102,6 +102,14 @@ class Generator(nn.Module):
             self.to_rgbs.append(ToRGB(cout, style_dim, blur_kernel=blur_kernel, impl=conv_impl))
             cin = cout
 
+    @staticmethod
+    def input_shape(image_size: int = IMAGE_SIZE, channel_multiplier: int = 2, channel_base: int = 256,
+                    channel_max: int = 512, **_) -> tuple[int, int]:
+        """(start size s0, channels C0) of the spatial input this configuration expects, without building it (the
+        appearance encoder's f_sp must be (B, C0, s0, s0))."""
+        s0 = start_size(image_size)
+        return s0, channel_table(image_size, channel_multiplier, channel_base, channel_max)[s0]
+
     def noise_layers(self):
         """The NoiseInjection modules in noise-buffer order (noise_0 = conv1, noise_i = convs[i-1])."""
         return [self.conv1.noise] + [c.noise for c in self.convs]

@@ -1,0 +1,172 @@
+"""Model configs: where they live, the sizes derived from them, and the library's one builder.
+
+A model config (configs/model/<name>.yaml, or a dict) holds one entry per network: `_target_` (the class) plus its
+constructor arguments. Sizes that follow from other entries are computed here, never typed by hand:
+
+    appearance.spatial_dim   = the generator's channels at its start size (f_sp is the generator's input)
+    appearance.spatial_size  = the generator's start size (7 for 7*2^k images, 4 for 2^k)
+    generator.style_dim      = app_dim + lip + emo + eye + pose   (2048 + 500 + 30 + 6 + 6 = 2590 released)
+    generator0.style_dim     = app_dim + the motion trunk's feature_dim (stage 1: [f_app | unified motion])
+
+`resolve_model_config` fills them in (a config that states one must state the computed value). Every network is
+built by `build_component`, which only accepts pdfgc's own network classes (`COMPONENT_CLASSES`): a config read from
+a file someone gave you cannot name an arbitrary callable. Training builds the same classes through Hydra from the
+resolved config (pdfgc.stages), so both paths see identical arguments.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+from pdfgc.errors import UserError
+
+INFERENCE_COMPONENTS = ("appearance", "motion", "audio", "generator")
+ConfigLike = Union[str, Path, Mapping[str, Any]]
+
+CONFIG_DIR_ENV = "PDFGC_MODEL_CONFIG_DIR"
+PACKAGED_CONFIG_DIR = "_model_configs"  # where a wheel may carry a copy of configs/model (see docs/models.md)
+
+# the only classes a model config may name (configs read from checkpoint folders and exports come from strangers)
+COMPONENT_CLASSES = (
+    "pdfgc.models.appearance.AppearanceEncoder",
+    "pdfgc.models.motion.MotionEncoder",
+    "pdfgc.models.audio.AudioEncoder",
+    "pdfgc.models.generator.Generator",
+    "pdfgc.models.discriminator.MultiscaleDiscriminator",
+)
+
+
+class ModelConfigError(UserError, ValueError):
+    """A model config names a class outside pdfgc's networks, lacks an entry, or states a derived size wrongly."""
+
+
+def config_dir() -> Path:
+    """The folder holding the model configs (`<name>.yaml`), first that exists of:
+
+    1. `$PDFGC_MODEL_CONFIG_DIR` (explicit override; must exist);
+    2. the repository's `configs/model` (source checkout / editable install: the single source of truth);
+    3. `pdfgc/_model_configs` inside the installed package (a non-editable install whose build maps
+       configs/model there as package data, see docs/models.md).
+    When none exists, the repository path is returned (error messages then name it).
+    """
+    env = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{CONFIG_DIR_ENV}={env!r} is not a folder; point it at a copy of the "
+                                    "repository's configs/model (pdfgc.yaml, tiny.yaml) or unset it")
+        return path
+    repo = Path(__file__).resolve().parents[3] / "configs" / "model"
+    if repo.is_dir():
+        return repo
+    packaged = Path(__file__).resolve().parents[1] / PACKAGED_CONFIG_DIR
+    if packaged.is_dir():
+        return packaged
+    return repo
+
+
+def load_model_config(config: ConfigLike = "pdfgc") -> dict:
+    """Resolve a model config to a plain dict with interpolations and derived sizes resolved.
+
+    config: a name ("pdfgc", "tiny" -> configs/model/<name>.yaml), a path to a yaml/json file, or a mapping
+    (e.g. the Hydra `cfg.model` node or a dict read from JSON).
+    """
+    if isinstance(config, Mapping) or type(config).__name__ == "DictConfig":
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(config):
+            return resolve_model_config(OmegaConf.to_container(config, resolve=True))
+        return resolve_model_config(copy.deepcopy(dict(config)))
+    path = Path(config)
+    if not path.suffix:
+        path = config_dir() / f"{config}.yaml"
+    if not path.is_file():
+        avail = sorted(p.stem for p in config_dir().glob("*.yaml")) if config_dir().is_dir() else []
+        raise FileNotFoundError(f"model config {str(config)!r}: file {path} not found; available names: {avail} "
+                                f"(or pass a path to a yaml/json file, or a dict; set {CONFIG_DIR_ENV} to a copy "
+                                "of the repository's configs/model when pdfgc is installed without it)")
+    if path.suffix == ".json":
+        import json
+
+        try:
+            return resolve_model_config(json.loads(path.read_text()), source=str(path))
+        except ValueError as e:
+            if isinstance(e, UserError):
+                raise
+            raise ModelConfigError(f"model config {path} is not valid JSON ({e})") from e
+    from omegaconf import OmegaConf
+
+    return resolve_model_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True), source=str(path))
+
+
+def _set_derived(entry: dict, key: str, value: int, where: str, source: str) -> None:
+    if key in entry and entry[key] is not None and int(entry[key]) != int(value):
+        raise ModelConfigError(f"model config {source}: {where}.{key}={entry[key]} but it follows from the other "
+                               f"entries as {value}; remove the key (it is computed)")
+    entry[key] = int(value)
+
+
+def resolve_model_config(cfg: Mapping[str, Any], source: str = "(dict)") -> dict:
+    """A copy of `cfg` with the derived sizes (module docstring) filled in; entries other networks do not depend on
+    are left as they are. Idempotent."""
+    from .appearance import AppearanceEncoder
+    from .generator import Generator
+
+    out = copy.deepcopy(dict(cfg))
+    for name in out:
+        if isinstance(out[name], Mapping):
+            out[name] = dict(out[name])
+    app, mot, aud, gen = (out.get(k) for k in ("appearance", "motion", "audio", "generator"))
+    base = gen or out.get("generator0")
+    if app is not None and base is not None:
+        s0, c0 = Generator.input_shape(**_kwargs(base))
+        _set_derived(app, "spatial_dim", c0, "appearance", source)
+        _set_derived(app, "spatial_size", s0, "appearance", source)
+    if app is not None and mot is not None:
+        app_dim = AppearanceEncoder.output_dim(**_kwargs(app))
+        if gen is not None:
+            lip = (aud or {}).get("lip_dim", mot.get("lip_dim"))
+            codes = int(lip) + sum(int(mot[k]) for k in ("emo_dim", "eye_dim", "pose_dim"))
+            _set_derived(gen, "style_dim", app_dim + codes, "generator", source)
+        if out.get("generator0") is not None:
+            _set_derived(out["generator0"], "style_dim", app_dim + int(mot["feature_dim"]), "generator0", source)
+    return out
+
+
+def _kwargs(entry: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in entry.items() if k != "_target_"}
+
+
+def component_class(target: str, source: str = "model config") -> type:
+    """The class named by `_target_` ('package.module.Class'), which must be one of `COMPONENT_CLASSES`."""
+    if target not in COMPONENT_CLASSES:
+        raise ModelConfigError(f"{source}: _target_ {target!r} is not one of pdfgc's networks "
+                               f"{list(COMPONENT_CLASSES)}; refusing to build it (a model config may only name "
+                               "these classes)")
+    mod, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(mod), name)
+
+
+def build_component(cfg: Mapping[str, Any], source: str = "model config") -> Any:
+    """Instantiate one network from its config entry {"_target_": "pdfgc.models....Class", **constructor kwargs}.
+    `source` names where the entry came from (a file path) in error messages."""
+    if not isinstance(cfg, Mapping) or "_target_" not in cfg:
+        keys = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
+        raise ModelConfigError(f"{source}: a network entry needs `_target_` (one of {list(COMPONENT_CLASSES)}); "
+                               f"got {keys}")
+    cls = component_class(str(cfg["_target_"]), source)
+    try:
+        return cls(**_kwargs(cfg))
+    except TypeError as e:
+        raise ModelConfigError(f"{source}: cannot build {cfg['_target_']}: {e}") from e
+
+
+def component_config(module) -> dict:
+    """The config entry that rebuilds `module`: {"_target_": ..., **module.config}."""
+    if not hasattr(module, "config"):
+        raise TypeError(f"{type(module).__name__} has no `.config` (constructor kwargs); cannot export it")
+    cls = type(module)
+    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **copy.deepcopy(module.config)}
