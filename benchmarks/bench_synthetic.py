@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pdfgc.data.stage_datasets import build_stage_dataset
+    from pdfgc.data.stage_datasets import EmoDataset, EyeDataset, LipDataset, MotionDataset, PoseDataset
     from pdfgc.data.synthetic import SyntheticSource
 
     t = time.perf_counter()
@@ -65,9 +65,11 @@ def main() -> None:
     if args.stage_samples:
         size = min(args.sizes)
         print(f"stage datasets at {size} px (samples/s/core, incl. trajectories, audio, mel, augmentation):")
-        for k, stage in enumerate(("motion", "lip", "pose", "eye", "emo")):
+        datasets = (("motion", MotionDataset), ("lip", LipDataset), ("pose", PoseDataset), ("eye", EyeDataset),
+                    ("emo", EmoDataset))
+        for k, (stage, cls) in enumerate(datasets):
             src = SyntheticSource(image_size=size, num_identities=500, num_frames=125, seed=2)  # cold cache
-            ds = build_stage_dataset(stage, src, length=args.stage_samples, seed=k)
+            ds = cls(src, length=args.stage_samples, seed=k)
             ds[0]
             t = time.perf_counter()
             for i in range(1, args.stage_samples + 1):

@@ -30,10 +30,11 @@ def _one(args) -> dict:
 
     torch.set_num_threads(args.threads)
     import pytorch_lightning as pl
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from pdfgc.training import AtomicCheckpointIO, build_dataloader, build_module
+    from pdfgc.train.callbacks import AtomicCheckpointIO
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import build_datamodule, build_stage
 
     overrides = [f"model={args.model}", "logger=none", f"paths.output_dir={args.out}",
                  "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -41,8 +42,7 @@ def _one(args) -> dict:
     if args.experiment:
         overrides += [f"experiment={args.experiment}"]
     overrides += [f"stage={args.stage}"]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose(overrides)
     if args.experiment and args.stage in (cfg.get("chain_stages") or {}):
         from omegaconf import open_dict
 
@@ -58,8 +58,8 @@ def _one(args) -> dict:
         cfg.stage.checkpoint.every = 0
         cfg.stage.init_from = None
     pl.seed_everything(0, verbose=False)
-    module = build_module(cfg)
-    loader = build_dataloader(cfg, module)
+    module = build_stage(cfg)
+    loader = build_datamodule(cfg, module).train_dataloader()
     times: list[tuple[float, float]] = []
 
     class Timer(pl.Callback):
@@ -80,7 +80,7 @@ def _one(args) -> dict:
             times.append((self.t_end - self.t_start, self.data))
 
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[Timer()], plugins=[AtomicCheckpointIO()],
-                          max_steps=type(module).optimizer_steps(int(cfg.stage.iterations), dict(cfg.stage)),
+                          max_steps=module.optimizer_steps(),
                           enable_checkpointing=False)
     trainer.fit(module, train_dataloaders=loader)
     steady = times[args.warmup:]

@@ -9,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
 @pytest.fixture(scope="module")
 def stage1_ckpt(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from pdfgc.training import run_stage
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import run_stage
 
     out = tmp_path_factory.mktemp("stage1")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", "logger=none", "stage=motion",
-                                          "stage.batch_size=2", "stage.log.sample_every=0",
-                                          "stage.checkpoint.every=0", "debug=fast_dev_run",
-                                          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
+    cfg = compose([f"paths.output_dir={out}", "logger=none", "stage=motion", "stage.batch_size=2",
+                   "stage.log.sample_every=0", "stage.checkpoint.every=0", "debug=fast_dev_run",
+                   "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
     return Path(run_stage(cfg)["last_ckpt"])
 
 

@@ -316,14 +316,17 @@ def test_output_loads_through_vox2source_and_the_datamodule(reference_run):
     assert {train.records[i]["identity"] for i in range(len(train))}.isdisjoint(
         {test.records[i]["identity"] for i in range(len(test))})
     assert len(train) + len(test) == 4
-    dm_mod = pytest.importorskip("pdfgc.data.datamodule")
     from pdfgc.data.contract import validate_batch
+    from pdfgc.stages import STAGES
+    from pdfgc.train.datamodule import PDFGCDataModule
 
     for stage in ("motion", "lip", "pose", "eye", "emo"):
-        dm = dm_mod.PDFGCDataModule(stage=stage, image_size=64, batch_size=2, train_source=src, val_source=None,
-                                    train_length=4, num_offsets=2, min_gap=1, window=3)
+        dataset = STAGES[stage].DATASET
+        options = {"lip": {"num_offsets": 2, "min_gap": 1}, "emo": {"window": 3}}.get(stage)
+        dm = PDFGCDataModule(dataset=dataset, dataset_options=options, image_size=64, batch_size=2,
+                             train_source=src, val_source=None, train_length=4)
         batch = dm.example_batch()
-        assert validate_batch(stage, batch, 64, num_offsets=2 if stage == "lip" else None,
+        assert validate_batch(dataset, batch, 64, num_offsets=2 if stage == "lip" else None,
                               window=3 if stage == "emo" else None) == 2
         if stage == "pose":
             assert np.isfinite(batch["pose"].numpy()).all()

@@ -5,10 +5,18 @@ import torch
 from torch.utils.data import default_collate
 
 from pdfgc.data import augment as aug
-from pdfgc.data.contract import BATCH_KEYS, STAGES, BatchContractError, expected_shapes, validate_batch
+from pdfgc.data.contract import BatchContractError, expected_shapes, validate_batch
 from pdfgc.data.sources import SubsetSource, audio_frame_range, empty_factors, identity_is_test
-from pdfgc.data.stage_datasets import (EpochSampler, EyeDataset, LipDataset, build_stage_dataset, choose_offsets)
+from pdfgc.data.stage_datasets import EyeDataset, LipDataset, PoseDataset, choose_offsets
 from pdfgc.data.synthetic import SyntheticSource
+from pdfgc.stages import STAGES
+
+
+def build_stage_dataset(stage, source, num_offsets=5, window=5, **kw):
+    """The dataset of registered stage `stage` (pdfgc.stages.STAGES) with its N / K options."""
+    cls = STAGES[stage].DATASET
+    opts = {"lip": {"num_offsets": num_offsets}, "emo": {"window": window}}.get(stage, {})
+    return cls(source, **kw, **opts)
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +30,12 @@ def _batch(ds, indices):
 
 
 @pytest.mark.parametrize("size", [56, 224])
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_stage_batch_matches_contract(sources, stage, size):
     ds = build_stage_dataset(stage, sources[size], length=8, seed=1, image_size=size, num_offsets=3, window=5)
     b = _batch(ds, [0, 1])
-    assert validate_batch(stage, b, size, num_offsets=3, window=5) == 2
-    for k, shape in expected_shapes(stage, 2, size, 3, 5).items():
+    assert validate_batch(ds, b, size, num_offsets=3, window=5) == 2
+    for k, shape in expected_shapes(ds, 2, size, 3, 5).items():
         assert tuple(b[k].shape) == shape
     assert b["identity"].dtype == torch.int64
     assert all(k in b for k in ("gt_pose", "gt_mouth", "gt_eye_open"))
@@ -36,27 +44,27 @@ def test_every_stage_batch_matches_contract(sources, stage, size):
 def test_validate_batch_errors_name_the_problem():
     s = 56
     good = {"frames": torch.zeros(2, 3, s, s), "pose": torch.zeros(2, 6)}
-    assert validate_batch("pose", good, s) == 2
+    assert validate_batch(PoseDataset, good, s) == 2
     with pytest.raises(BatchContractError, match="lacks key.*pose"):
-        validate_batch("pose", {"frames": good["frames"]}, s)
+        validate_batch(PoseDataset, {"frames": good["frames"]}, s)
     with pytest.raises(BatchContractError, match="image size.*expected 64"):
-        validate_batch("pose", good, 64)
+        validate_batch(PoseDataset, good, 64)
     with pytest.raises(BatchContractError, match="batch size"):
-        validate_batch("pose", {"frames": good["frames"], "pose": torch.zeros(3, 6)}, s)
+        validate_batch(PoseDataset, {"frames": good["frames"], "pose": torch.zeros(3, 6)}, s)
     with pytest.raises(BatchContractError, match=r"\[-1.0, 1.0\]"):
-        validate_batch("pose", {**good, "frames": good["frames"] + 2}, s)
+        validate_batch(PoseDataset, {**good, "frames": good["frames"] + 2}, s)
     with pytest.raises(BatchContractError, match="float32"):
-        validate_batch("pose", {**good, "frames": good["frames"].double()}, s)
+        validate_batch(PoseDataset, {**good, "frames": good["frames"].double()}, s)
     with pytest.raises(BatchContractError, match="num_offsets"):
-        validate_batch("lip", {"frames": torch.zeros(2, 4, 3, s, s), "mel": torch.zeros(2, 4, 1, 80, 20)}, s,
+        validate_batch(LipDataset, {"frames": torch.zeros(2, 4, 3, s, s), "mel": torch.zeros(2, 4, 1, 80, 20)}, s,
                        num_offsets=5)
     with pytest.raises(BatchContractError, match="dim 4.*expected 20"):
-        validate_batch("lip", {"frames": torch.zeros(2, 4, 3, s, s), "mel": torch.zeros(2, 4, 1, 80, 16)}, s)
-    with pytest.raises(BatchContractError, match="unknown stage"):
+        validate_batch(LipDataset, {"frames": torch.zeros(2, 4, 3, s, s), "mel": torch.zeros(2, 4, 1, 80, 16)}, s)
+    with pytest.raises(BatchContractError, match="declares no batch contract"):
         validate_batch("nope", good, s)
     with pytest.raises(BatchContractError, match="identity.*int64"):
-        validate_batch("pose", {**good, "identity": torch.zeros(2, dtype=torch.int32)}, s)
-    assert set(BATCH_KEYS) == set(STAGES)
+        validate_batch(PoseDataset, {**good, "identity": torch.zeros(2, dtype=torch.int32)}, s)
+    assert all(cls.DATASET.CONTRACT for cls in STAGES.values())  # every registered stage's data has a contract
 
 
 def test_samples_are_deterministic_per_seed_and_index(sources):
@@ -179,11 +187,7 @@ def test_augment_identity_when_disabled_and_changes_when_enabled():
         assert abs(sx - ex) <= 6 and abs(sy - ey) <= 6
 
 
-def test_epoch_sampler_and_helpers():
-    s = EpochSampler(4)
-    assert list(s) == [0, 1, 2, 3]
-    s.set_epoch(2)
-    assert list(s) == [8, 9, 10, 11] and len(s) == 4
+def test_source_helpers():
     f = empty_factors(3)
     assert f["pose"].shape == (3, 6) and np.isnan(f["pose"]).all() and (f["emotion"] == -1).all()
     assert identity_is_test(5, 0.0) is False and identity_is_test(5, 1.0) is True
@@ -219,11 +223,11 @@ class _TinySource:
         return empty_factors(len(idx))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", sorted(STAGES))
 def test_any_clip_source_without_ground_truth(stage):
     ds = build_stage_dataset(stage, _TinySource(), length=4, seed=0, num_offsets=4, window=3)
     b = _batch(ds, [0, 1, 2])
-    validate_batch(stage, b, 56, num_offsets=4, window=3)
+    validate_batch(ds, b, 56, num_offsets=4, window=3)
     if stage == "eye":
         assert torch.isnan(b["eye_open"]).all()
         assert np.allclose(b["paste_box"][0].numpy(), [0.28, 0.17, 0.72, 0.37])  # template box + margins

@@ -12,16 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
 def compose_cfg(tmp_path, *overrides):
-    from hydra import compose, initialize_config_dir
+    from pdfgc.train.config import compose
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose("train", overrides=[f"paths.output_dir={tmp_path}", "logger=none",
-                                           "trainer.enable_progress_bar=false",
-                                           "trainer.enable_model_summary=false", *overrides])
+    return compose([f"paths.output_dir={tmp_path}", "logger=none", "trainer.enable_progress_bar=false",
+                    "trainer.enable_model_summary=false", *overrides])
 
 
 def small(stage: str) -> list[str]:
@@ -43,16 +38,16 @@ def changed(before: dict, module: nn.Module) -> set[str]:
 @pytest.mark.parametrize("stage", ["motion", "lip", "pose", "eye", "emo"])
 def test_stage_fast_dev_run_composes_from_real_config(tmp_path, stage):
     from pdfgc.stages import STAGES
-    from pdfgc.training import run_stage
+    from pdfgc.train.run import run_stage
 
     cfg = compose_cfg(tmp_path, *small(stage), "debug=fast_dev_run")
-    assert cfg.data.stage == stage and cfg.data.image_size == cfg.model.image_size  # one source of truth
+    assert cfg.data.image_size == cfg.model.image_size  # one source of truth
     r = run_stage(cfg)
     m, trainer = r["module"], r["trainer"]
     assert m.iteration == 1
     gan = stage in ("motion", "emo")
     assert trainer.global_step == (2 if gan else 1)
-    assert STAGES[stage].optimizer_steps(1, dict(cfg.stage)) == trainer.global_step
+    assert isinstance(m, STAGES[stage]) and m.optimizer_steps(1) == trainer.global_step
     total = trainer.callback_metrics["total"]
     assert torch.isfinite(total)
     assert Path(r["last_ckpt"]).is_file()
@@ -75,11 +70,11 @@ FROZEN_EXPECTATIONS = {
 def test_frozen_parts_keep_parameters_and_bn_statistics(tmp_path, stage):
     import pytorch_lightning as pl
 
-    from pdfgc.training import build_module, run_stage
+    from pdfgc.train.run import build_stage, run_stage
 
     cfg = compose_cfg(tmp_path, *small(stage), "stage.iterations=2")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    before = snapshot(build_module(cfg))  # same seed as run_stage -> the same initial weights
+    before = snapshot(build_stage(cfg))  # same seed as run_stage -> the same initial weights
     m = run_stage(cfg)["module"]
     diff = changed(before, m)
     frozen, trained = FROZEN_EXPECTATIONS[stage]
@@ -100,24 +95,25 @@ def test_trainable_override_is_per_component(tmp_path):
     named in the override) still trains; freezing everything the G optimizer could train is a clear error."""
     import pytorch_lightning as pl
 
-    from pdfgc.training import build_module, run_stage
+    from pdfgc.stages.config import StageConfigError
+    from pdfgc.train.run import build_stage, run_stage
 
     cfg = compose_cfg(tmp_path, *small("emo"), "stage.iterations=2", "stage.trainable={generator:[]}")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    before = snapshot(build_module(cfg))
+    before = snapshot(build_stage(cfg))
     diff = changed(before, run_stage(cfg)["module"])
     assert not [k for k in diff if k.startswith("nets.generator.")]
     assert any(k.startswith("nets.motion.to_emo.") for k in diff)
     assert any(k.startswith("nets.discriminator.") for k in diff)
     cfg = compose_cfg(tmp_path / "b", *small("emo"), "stage.iterations=2",
                       "stage.trainable={generator:[],motion:[]}")
-    with pytest.raises(RuntimeError, match="nothing to train outside the discriminator"):
+    with pytest.raises(StageConfigError, match="nothing to train outside the discriminator"):
         run_stage(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- counters, EMA
 def test_global_step_counts_optimizer_steps_with_lazy_r1(tmp_path):
-    from pdfgc.training import run_stage
+    from pdfgc.train.run import run_stage
 
     # 3 iterations: G + D each (6) and a lazy-R1 D step at iterations 0 and 2 (interval 2) -> 8 optimizer steps
     cfg = compose_cfg(tmp_path, *small("motion"), "stage.iterations=3", "stage.gan.r1_gamma=1.0",
@@ -154,12 +150,12 @@ def test_ema_blend_and_half_life():
 def test_ema_generator_moves_toward_the_trained_generator(tmp_path):
     import pytorch_lightning as pl
 
-    from pdfgc.training import build_module, run_stage
+    from pdfgc.train.run import build_stage, run_stage
 
     cfg = compose_cfg(tmp_path, *small("motion"), "stage.iterations=3", "stage.ema.half_life_kimg=0.01",
                       "stage.ema.rampup=null")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    g0 = torch.nn.utils.parameters_to_vector(build_module(cfg).nets["generator0"].parameters()).detach()
+    g0 = torch.nn.utils.parameters_to_vector(build_stage(cfg).nets["generator0"].parameters()).detach()
     m = run_stage(cfg)["module"]
     g = torch.nn.utils.parameters_to_vector(m.nets["generator0"].parameters()).detach()
     e = torch.nn.utils.parameters_to_vector(m.ema.shadow.parameters()).detach()
@@ -170,7 +166,7 @@ def test_ema_generator_moves_toward_the_trained_generator(tmp_path):
 # ---------------------------------------------------------------------------------------------- exact resume
 def test_resume_is_exact(tmp_path):
     """4 iterations in one run == 2 iterations + resume from the periodic checkpoint + 2 iterations."""
-    from pdfgc.training import run_stage
+    from pdfgc.train.run import run_stage
 
     # motion: GAN, dropout in the trainable FAN trunk, random noise, lazy R1 -> every RNG consumer is exercised
     common = [*small("motion"), "stage.iterations=4", "stage.gan.r1_gamma=1.0", "stage.gan.r1_interval=3"]
@@ -191,31 +187,31 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_ckpt_path_of_another_stage_is_a_clear_error(tmp_path):
-    from pdfgc.training import run_stage
+    from pdfgc.errors import UserError
+    from pdfgc.train.run import run_stage
 
     a = run_stage(compose_cfg(tmp_path / "a", *small("pose"), "stage.iterations=1"))
-    with pytest.raises(ValueError, match="init_from"):
+    with pytest.raises(UserError, match="init_from"):
         run_stage(compose_cfg(tmp_path / "b", *small("eye"), "stage.iterations=2", f"ckpt_path={a['last_ckpt']}"))
 
 
 # ---------------------------------------------------------------------------------------------- configuration
 def test_zero_weight_skips_the_term_and_unknown_terms_are_errors(tmp_path):
-    from pdfgc.training import build_module
+    from pdfgc.stages.config import StageConfigError
+    from pdfgc.train.run import build_stage
 
     cfg = compose_cfg(tmp_path, *small("motion"), "stage.loss.weights.vgg=0")
-    m = build_module(cfg)
+    m = build_stage(cfg)
     assert not m.on("vgg") and m.on("l1")
-    from pdfgc.data.datamodule import PDFGCDataModule  # noqa: F401  (data part present)
-    from hydra.utils import instantiate
+    from pdfgc.train.run import build_datamodule
 
-    dm = instantiate(cfg.data)
-    batch = dm.example_batch()
+    batch = build_datamodule(cfg, m).example_batch()
     out = m.generate(batch)
     terms = m.compute_losses(batch, out)
     assert "vgg" not in terms and m.perceptual.net is None  # not even built
     cfg = compose_cfg(tmp_path, *small("pose"), "+stage.loss.weights.bogus=1.0")
-    with pytest.raises(KeyError, match="bogus"):
-        build_module(cfg)
+    with pytest.raises(StageConfigError, match="stage.loss.weights.bogus"):
+        build_stage(cfg)
 
 
 def test_copy_overlapping_copies_leading_block():
@@ -231,7 +227,7 @@ def test_copy_overlapping_copies_leading_block():
 
 def test_resume_from_final_last_ckpt_extends_training(tmp_path):
     """The last.ckpt written at the end of a run continues when stage.iterations is raised."""
-    from pdfgc.training import run_stage
+    from pdfgc.train.run import run_stage
 
     a = run_stage(compose_cfg(tmp_path / "a", *small("pose"), "stage.iterations=2"))
     b = run_stage(compose_cfg(tmp_path / "b", *small("pose"), "stage.iterations=5", f"ckpt_path={a['last_ckpt']}"))
@@ -260,16 +256,17 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
     """`stage.g0_transfer`: when the unified motion f is an exact linear function of the codes, G fed with
     [f_app | lip=0 | codes] must render the same image as G0 fed with [f_app | f] (oracle: G0 itself), for codes the
     fit never saw, in both G and its EMA."""
-    from pdfgc.stages.base import components_from_checkpoint, instantiate_component
     from pdfgc.models.latent import assemble_style
-    from pdfgc.training import build_module, run_stage
+    from pdfgc.stages.base import instantiate_component
+    from pdfgc.train import checkpoint as ckpt_format
+    from pdfgc.train.run import build_stage, run_stage
 
     r = run_stage(compose_cfg(tmp_path / "m", *small("motion"), "stage.iterations=1"))
     cfg = compose_cfg(tmp_path / "e", *small("emo"), f"stage.init_from={r['last_ckpt']}",
                       "stage.g0_transfer.enabled=true", "stage.g0_transfer.ridge=1e-4")
-    m = build_module(cfg)
-    g0 = instantiate_component(dict(cfg.model), "generator0")
-    g0.load_state_dict(components_from_checkpoint(torch.load(r["last_ckpt"], weights_only=False))["generator0_ema"])
+    m = build_stage(cfg)
+    g0 = instantiate_component(m.model_cfg, "generator0")
+    g0.load_state_dict(ckpt_format.read(r["last_ckpt"]).components["generator0_ema"])
     g0.eval()
     gen = torch.Generator().manual_seed(0)
     basis = torch.randn(8, 64, generator=gen)  # f lives in an 8-d subspace ...
@@ -291,14 +288,14 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
             got = g.eval()(style, f_sp, noise_mode="const")
             assert (got - want).abs().max() < 2e-3, (got - want).abs().max()
     # without the transfer the same G ignores the codes' motion: the oracle must be able to fail
-    m2 = build_module(cfg)
+    m2 = build_stage(cfg)
     with torch.no_grad():
         assert (m2.generator.eval()(style, f_sp, noise_mode="const") - want).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("stage", ["motion", "emo"])
 def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
-    from pdfgc.training import run_stage
+    from pdfgc.train.run import run_stage
 
     cfg = compose_cfg(tmp_path, *small(stage), "debug=fast_dev_run", "stage.loss.weights.l1_eye=2.0",
                       "stage.loss.weights.l1_mouth=1.0")
@@ -306,3 +303,46 @@ def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
     for term in ("l1_eye", "l1_mouth"):
         v = metrics[f"loss/{term}"]
         assert torch.isfinite(v) and v > 0
+
+
+# ---------------------------------------------------------------------------------------------- adding a stage
+def test_a_new_stage_is_a_class_and_a_yaml(tmp_path):
+    """docs/ARCHITECTURE.md, "Adding a stage": defining a StageModule subclass registers it and its typed settings;
+    one YAML naming it (here in an extra config folder) makes `stage=<name>` compose and train. The toy stage reuses
+    the pose dataset and regresses only yaw."""
+    from dataclasses import field, make_dataclass
+
+    from pdfgc.stages import STAGES, register_configs
+    from pdfgc.stages.base import REGISTRY
+    from pdfgc.stages.config import StageConfig
+    from pdfgc.stages.pose import PoseLossConfig, PoseStage
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import run_stage
+
+    YawConfig = make_dataclass("YawConfig", [("name", str, "yaw"), ("iterations", int, 2), ("batch_size", int, 2),
+                                             ("loss", PoseLossConfig, field(default_factory=PoseLossConfig))],
+                               bases=(StageConfig,))
+
+    class YawStage(PoseStage):
+        STAGE = "yaw"
+        Config = YawConfig
+
+        def compute_losses(self, batch):
+            motion = self.nets["motion"]
+            yaw = motion.head("pose", motion.trunk(batch["frames"]))[:, 0]
+            return {"pose": torch.nn.functional.mse_loss(yaw, batch["pose"][:, 0])}
+
+    try:
+        assert STAGES["yaw"] is YawStage  # registered by being defined
+        register_configs()
+        (tmp_path / "conf" / "stage").mkdir(parents=True)
+        (tmp_path / "conf" / "stage" / "yaw.yaml").write_text(
+            f"defaults:\n  - yaw_schema\n  - _self_\n_target_: {__name__}.{YawStage.__qualname__}\n")
+        cfg = compose([f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "stage=yaw", "logger=none",
+                       f"paths.output_dir={tmp_path / 'run'}", "stage.checkpoint.every=0",
+                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
+        r = run_stage(cfg)
+        assert isinstance(r["module"], YawStage) and r["module"].iteration == 2
+        assert torch.isfinite(r["trainer"].callback_metrics["loss/pose"])
+    finally:
+        REGISTRY.pop("yaw", None)

@@ -136,23 +136,22 @@ def test_manifest_jsonl_wins_and_torn_lines_are_ignored(dataset, tmp_path):
 
 def test_vox2_config_builds_the_datamodule(dataset):
     pytest.importorskip("hydra")
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from pdfgc.data.contract import validate_batch
+    from pdfgc.data.stage_datasets import PoseDataset
+    from pdfgc.train.config import compose
 
     (dataset / "splits").mkdir(exist_ok=True)
     store.write_lines(dataset / "splits" / "train.txt", ["id00007", "id00009", "id00011"])
     store.write_lines(dataset / "splits" / "test.txt", ["id00009"])
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose("train", overrides=["data=vox2", "stage=pose", "model=tiny", "data.num_workers=0",
-                                          f"data.train_source.root={dataset}", "data.batch_size=2",
-                                          "data.train_source.min_frames=25"])
+    cfg = compose(["data=vox2", "stage=pose", "model=tiny", "data.num_workers=0", f"data.train_source.root={dataset}",
+                   "data.batch_size=2", "data.train_source.min_frames=25"])
     assert cfg.data.val_source.root == str(dataset)
-    dm = instantiate(cfg.data, _recursive_=False)
+    dm = instantiate(cfg.data, dataset=PoseDataset, _recursive_=False)
     batch = dm.example_batch()
     s = int(cfg.model.image_size)
-    assert validate_batch("pose", batch, s) == 2
+    assert validate_batch(PoseDataset, batch, s) == 2
     assert Path(dm.train_source.root) == dataset and len(dm.train_source) == 3
 
 

@@ -1,12 +1,13 @@
 """The batch contract between the stage datasets and the training stages (docs/ARCHITECTURE.md).
 
-`BATCH_KEYS[stage]` maps each required key to its shape template; symbols: B = batch, S = image size,
-N = number of offsets (lip), K = window length (emo). Images are float32 RGB CHW in [-1, 1]; mel windows are
-float32 (1, 80, 20) in [0, 1]. Every batch may also carry `identity` (B,) int64 and `gt_*` tensors whose leading
-axis is B (ground-truth factors of the frames involved; NaN = unknown). Stages ignore keys they do not use.
+Each stage dataset declares its contract (`CONTRACT`, pdfgc.data.stage_datasets): each required key maps to its
+shape template; symbols: B = batch, S = image size, N = number of offsets (lip), K = window length (emo). Images are
+float32 RGB CHW in [-1, 1]; mel windows are float32 (1, 80, 20) in [0, 1]. Every batch may also carry `identity`
+(B,) int64 and `gt_*` tensors whose leading axis is B (ground-truth factors of the frames involved; NaN = unknown).
+Stages ignore keys they do not use.
 
-`validate_batch(stage, batch, image_size)` checks a (collated) batch and raises `BatchContractError` naming the
-stage, the key, the expected and the actual value.
+`validate_batch(dataset, batch, image_size)` checks a (collated) batch against `dataset.CONTRACT` and raises
+`BatchContractError` naming the sample kind, the key, the expected and the actual value.
 """
 from __future__ import annotations
 
@@ -15,19 +16,9 @@ from typing import Mapping
 from pdfgc.constants import MEL_WINDOW, N_MELS
 from pdfgc.errors import UserError
 
-STAGES = ("motion", "lip", "pose", "eye", "emo")
+IMAGE = ("B", 3, "S", "S")          # one image per batch row
+MEL = (1, N_MELS, MEL_WINDOW)        # one mel window (trailing dims)
 
-_IMG = ("B", 3, "S", "S")
-_MEL = (1, N_MELS, MEL_WINDOW)
-
-# stage -> key -> shape template (ints are literal sizes, strings are symbols)
-BATCH_KEYS: dict[str, dict[str, tuple]] = {
-    "motion": {"app": _IMG, "drv": _IMG, "drv_aug": _IMG},
-    "lip": {"frames": ("B", "N", 3, "S", "S"), "mel": ("B", "N", *_MEL)},
-    "pose": {"frames": _IMG, "pose": ("B", 6)},
-    "eye": {"anchor": _IMG, "positive": _IMG, "negative": _IMG, "eye_open": ("B", 2), "gaze": ("B", 2)},
-    "emo": {"app": _IMG, "frames": ("B", "K", 3, "S", "S"), "mel": ("B", "K", *_MEL)},
-}
 # keys whose values are images (checked for the [-1, 1] range) and mel windows (checked for [0, 1])
 _IMAGE_KEYS = {"app", "drv", "drv_aug", "frames", "anchor", "positive", "negative"}
 _MEL_KEYS = {"mel"}
@@ -39,25 +30,32 @@ class BatchContractError(UserError, ValueError):
     """A batch does not match the contract of its stage."""
 
 
-def expected_shapes(stage: str, batch_size: int, image_size: int, num_offsets: int | None = None,
+def _contract(dataset) -> tuple[str, Mapping[str, tuple]]:
+    """(name, contract) of a dataset class or instance with `CONTRACT` (and `stage`), or of a plain mapping."""
+    if isinstance(dataset, Mapping):
+        return "batch", dataset
+    contract = getattr(dataset, "CONTRACT", None)
+    if not isinstance(contract, Mapping) or not contract:
+        raise BatchContractError(f"{dataset!r} declares no batch contract (a stage dataset class with CONTRACT, "
+                                 "see pdfgc.data.stage_datasets)")
+    return str(getattr(dataset, "stage", "") or type(dataset).__name__), contract
+
+
+def expected_shapes(dataset, batch_size: int, image_size: int, num_offsets: int | None = None,
                     window: int | None = None) -> dict[str, tuple]:
-    """Concrete shapes of every required key of `stage`; symbols N/K left as None when not given."""
-    _check_stage(stage)
+    """Concrete shapes of every required key of `dataset`'s contract; symbols N/K left as None when not given."""
+    _, contract = _contract(dataset)
     sym = {"B": batch_size, "S": image_size, "N": num_offsets, "K": window}
-    return {k: tuple(sym[d] if isinstance(d, str) else d for d in tmpl) for k, tmpl in BATCH_KEYS[stage].items()}
+    return {k: tuple(sym[d] if isinstance(d, str) else d for d in tmpl) for k, tmpl in contract.items()}
 
 
-def _check_stage(stage: str) -> None:
-    if stage not in BATCH_KEYS:
-        raise BatchContractError(f"unknown stage '{stage}': expected one of {list(STAGES)}")
-
-
-def validate_batch(stage: str, batch: Mapping, image_size: int, num_offsets: int | None = None,
+def validate_batch(dataset, batch: Mapping, image_size: int, num_offsets: int | None = None,
                    window: int | None = None, check_values: bool = True) -> int:
-    """Check a collated batch against the contract of `stage`; returns the batch size B.
+    """Check a collated batch against the contract of `dataset` (a stage dataset class or instance, e.g.
+    `STAGES["lip"].DATASET`, or a contract mapping); returns the batch size B.
 
     Args:
-        stage: one of `STAGES`.
+        dataset: declares `CONTRACT` (key -> shape template) and `stage` (its name in messages).
         batch: mapping of key -> torch.Tensor (or numpy array) as produced by a DataLoader.
         image_size: S, the model's image size in pixels.
         num_offsets, window: expected N (lip) / K (emo); None accepts any value consistent across keys.
@@ -67,15 +65,15 @@ def validate_batch(stage: str, batch: Mapping, image_size: int, num_offsets: int
     """
     import torch
 
-    _check_stage(stage)
+    stage, contract = _contract(dataset)
     if not isinstance(batch, Mapping):
         raise BatchContractError(f"stage '{stage}': batch must be a dict of tensors, got {type(batch).__name__}")
-    missing = [k for k in BATCH_KEYS[stage] if k not in batch]
+    missing = [k for k in contract if k not in batch]
     if missing:
         raise BatchContractError(f"stage '{stage}': batch lacks key(s) {missing}; has {sorted(batch)}. "
-                                 f"Required: {list(BATCH_KEYS[stage])} (docs/ARCHITECTURE.md, batch contract)")
+                                 f"Required: {list(contract)} (docs/ARCHITECTURE.md, batch contract)")
     sym: dict[str, int | None] = {"B": None, "S": int(image_size), "N": num_offsets, "K": window}
-    for key, tmpl in BATCH_KEYS[stage].items():
+    for key, tmpl in contract.items():
         value = batch[key]
         shape = tuple(value.shape)
         if len(shape) != len(tmpl):

@@ -1,10 +1,12 @@
-"""One torch Dataset per training stage, written once against any `ClipSource` (synthetic or VoxCeleb2 shards).
+"""One torch Dataset per kind of training sample, written once against any `ClipSource` (synthetic or VoxCeleb2).
 
 Each dataset yields one sample (a dict of tensors) per index; the default DataLoader collation stacks them into the
-batch contract of `pdfgc.data.contract` (docs/ARCHITECTURE.md). A sample is a pure function of `(seed, index)`:
-every random choice (clip, frames, augmentation) comes from `numpy.random.default_rng([seed, index])`, so results
-do not depend on workers, processes or order. Indices are not bounded by `len(dataset)` (the epoch length): the
-`EpochSampler` of the DataModule feeds `epoch * length + i` so each epoch draws fresh samples from infinite sources.
+dataset's batch contract (`CONTRACT`, checked by `pdfgc.data.contract.validate_batch`; docs/ARCHITECTURE.md). A
+sample is a pure function of `(seed, index)`: every random choice (clip, frames, augmentation) comes from
+`numpy.random.default_rng([seed, index])`, so results do not depend on workers, processes or order. Indices are not
+bounded by `len(dataset)` (`unbounded = True`): index i >= len draws a fresh sample, so the training sampler
+(`pdfgc.train.sampler`) can stream indices forever. Each dataset's options are a dataclass (`Options`), the typed
+`stage.dataset` section of the stage that uses it (pdfgc.stages); its defaults are written here only.
 
 Extra keys, when the source knows them: `identity` (int64) and `gt_<factor>` for the frames involved (NaN / -1 =
 unknown). Keys per stage:
@@ -19,12 +21,15 @@ unknown). Keys per stage:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from pdfgc.data.audio import mel_windows
 from pdfgc.data.augment import DrivingAugment, paste, soft_box_mask
+from pdfgc.data.contract import IMAGE, MEL
 from pdfgc.data.sources import ClipSource, audio_frame_range
 
 # the eye box of the PC-AVS template (SPEC 1.3: eyes at (87,59), (137,59) on 224) with margins, used when a
@@ -54,38 +59,29 @@ def choose_offsets(rng: np.random.Generator, lo: int, hi: int, n: int, min_gap: 
     return lo + base + np.arange(n) * (gap - 1)
 
 
-class EpochSampler(Sampler):
-    """Sequential indices `epoch * length + i`, i < length; Lightning calls `set_epoch` at each epoch, so every
-    epoch draws new samples (stage datasets are functions of the index)."""
-
-    def __init__(self, length: int):
-        self.length = int(length)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        start = self.epoch * self.length
-        return iter(range(start, start + self.length))
-
-    def __len__(self) -> int:
-        return self.length
-
-
 class StageDataset(Dataset):
     """Base: holds the source, epoch length, seed and image size; subclasses implement `sample(rng, index)`.
 
     Args:
         source: any `ClipSource`.
-        length: epoch length (samples per epoch); indices >= length are valid too (see `EpochSampler`).
+        length: nominal length (samples per epoch); indices >= length are valid too (`unbounded`).
         seed: sample seed; sample `index` uses `default_rng([seed, index])`.
         image_size: expected S (must equal `source.image_size`; None = take the source's).
+        options: an instance of the subclass's `Options` (None = defaults); `overrides` replace single fields.
     """
 
-    stage = ""
+    stage = ""       # the sample kind, named in error messages
+    CONTRACT: dict[str, tuple] = {}   # required batch keys -> shape templates (pdfgc.data.contract)
+    Options: type = type(None)        # the dataclass of this dataset's options
+    unbounded = True                  # index >= len(self) is valid (a fresh sample)
 
-    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None):
+    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
+                 options=None, **overrides):
+        if options is None:
+            options = self.Options()
+        elif isinstance(options, dict):
+            options = self.Options(**options)
+        self.options = replace(options, **overrides)
         if len(source) == 0:
             raise ValueError(f"{type(self).__name__}: the source {type(source).__name__} holds no clips")
         if image_size is not None and int(source.image_size) != int(image_size):
@@ -135,16 +131,23 @@ class StageDataset(Dataset):
                 "frame_idx": torch.as_tensor(np.asarray(idx, dtype=np.int64))}
 
 
+@dataclass
+class MotionOptions:
+    augment: DrivingAugment = field(default_factory=DrivingAugment)  # driving-frame augmentation (SPEC 4.2)
+
+
 class MotionDataset(StageDataset):
     """Stage 1: `app` and `drv` are two different frames of one clip; `drv_aug` is `drv` colour-jittered and
     perspective-warped (`augment`), the motion encoder's input; the generator must reconstruct `drv`."""
 
     stage = "motion"
+    CONTRACT = {"app": IMAGE, "drv": IMAGE, "drv_aug": IMAGE}
+    Options = MotionOptions
 
-    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
-                 augment: DrivingAugment | dict | None = None):
-        super().__init__(source, length, seed, image_size)
-        self.augment = augment if isinstance(augment, DrivingAugment) else DrivingAugment(**(augment or {}))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        aug = self.options.augment
+        self.augment = aug if isinstance(aug, DrivingAugment) else DrivingAugment(**dict(aug))
 
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 2)
@@ -156,17 +159,24 @@ class MotionDataset(StageDataset):
         return out
 
 
+@dataclass
+class LipOptions:
+    num_offsets: int = 5   # N frames per clip at distinct offsets
+    min_gap: int = 5       # frames between offsets when the clip allows
+
+
 class LipDataset(StageDataset):
     """Stage 2a: N frames of one clip at distinct offsets (at least `min_gap` frames apart when the clip allows)
     with their synchronised 20-mel windows. Other offsets and other clips of the batch are the negatives."""
 
     stage = "lip"
+    CONTRACT = {"frames": ("B", "N", 3, "S", "S"), "mel": ("B", "N", *MEL)}
+    Options = LipOptions
 
-    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
-                 num_offsets: int = 5, min_gap: int = 5):
-        super().__init__(source, length, seed, image_size)
-        self.num_offsets = int(num_offsets)
-        self.min_gap = int(min_gap)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_offsets = int(self.options.num_offsets)
+        self.min_gap = int(self.options.min_gap)
 
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, self.num_offsets, need_audio=True)
@@ -178,10 +188,17 @@ class LipDataset(StageDataset):
         return out
 
 
+@dataclass
+class PoseOptions:
+    pass
+
+
 class PoseDataset(StageDataset):
     """Stage 2b: one frame and its 6-d head pose (yaw, pitch, roll [rad], tx, ty, tz)."""
 
     stage = "pose"
+    CONTRACT = {"frames": IMAGE, "pose": ("B", 6)}
+    Options = PoseOptions
 
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 1)
@@ -194,6 +211,13 @@ class PoseDataset(StageDataset):
         return out
 
 
+@dataclass
+class EyeOptions:
+    feather: float = 0.04             # soft edge of the pasted eye region (fraction of the image size)
+    box_margin: float = 0.02          # margin around the union of both frames' eye boxes (fraction)
+    negative_candidates: int = 4      # negative = the frame (of this many) whose eyes differ most from P
+
+
 class EyeDataset(StageDataset):
     """Stage 2c: triplets of one clip. anchor = frame A with the eye region of frame P pasted in (soft edges,
     `feather` x S pixels; region = union of both frames' eye boxes, or the template eye box when unknown);
@@ -202,13 +226,14 @@ class EyeDataset(StageDataset):
     P's (NaN when unknown)."""
 
     stage = "eye"
+    CONTRACT = {"anchor": IMAGE, "positive": IMAGE, "negative": IMAGE, "eye_open": ("B", 2), "gaze": ("B", 2)}
+    Options = EyeOptions
 
-    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
-                 feather: float = 0.04, box_margin: float = 0.02, negative_candidates: int = 4):
-        super().__init__(source, length, seed, image_size)
-        self.feather = float(feather)
-        self.box_margin = float(box_margin)
-        self.negative_candidates = max(1, int(negative_candidates))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.feather = float(self.options.feather)
+        self.box_margin = float(self.options.box_margin)
+        self.negative_candidates = max(1, int(self.options.negative_candidates))
 
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 3)
@@ -247,16 +272,22 @@ class EyeDataset(StageDataset):
         return out
 
 
+@dataclass
+class EmoOptions:
+    window: int = 5   # K consecutive frames; the centre K//2 is the target
+
+
 class EmoDataset(StageDataset):
     """Stage 3: K consecutive frames (centre K//2 is the reconstruction target) with their mel windows, plus an
     appearance frame `app` of the same clip drawn outside the window when the clip is long enough."""
 
     stage = "emo"
+    CONTRACT = {"app": IMAGE, "frames": ("B", "K", 3, "S", "S"), "mel": ("B", "K", *MEL)}
+    Options = EmoOptions
 
-    def __init__(self, source: ClipSource, length: int = 10_000, seed: int = 0, image_size: int | None = None,
-                 window: int = 5):
-        super().__init__(source, length, seed, image_size)
-        self.window = int(window)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.window = int(self.options.window)
 
     def sample(self, rng, index):
         k = self.window
@@ -272,26 +303,3 @@ class EmoDataset(StageDataset):
         out.update(self._common(i, idx))
         out["app_idx"] = torch.tensor(app, dtype=torch.int64)
         return out
-
-
-STAGE_DATASETS = {"motion": MotionDataset, "lip": LipDataset, "pose": PoseDataset, "eye": EyeDataset,
-                  "emo": EmoDataset}
-
-
-def build_stage_dataset(stage: str, source: ClipSource, length: int = 10_000, seed: int = 0,
-                        image_size: int | None = None, num_offsets: int = 5, window: int = 5, min_gap: int = 5,
-                        augment: dict | None = None, eye_feather: float = 0.04,
-                        eye_negative_candidates: int = 4) -> StageDataset:
-    """The dataset of `stage` on `source` with the stage's options (others ignored)."""
-    if stage not in STAGE_DATASETS:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {list(STAGE_DATASETS)}")
-    common = dict(length=length, seed=seed, image_size=image_size)
-    if stage == "motion":
-        return MotionDataset(source, augment=augment, **common)
-    if stage == "lip":
-        return LipDataset(source, num_offsets=num_offsets, min_gap=min_gap, **common)
-    if stage == "eye":
-        return EyeDataset(source, feather=eye_feather, negative_candidates=eye_negative_candidates, **common)
-    if stage == "emo":
-        return EmoDataset(source, window=window, **common)
-    return PoseDataset(source, **common)

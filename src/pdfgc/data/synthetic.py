@@ -922,7 +922,7 @@ def preview_grid(size: int = 112, identities: int = 4, columns: int = 8, seed: i
 def preview_stages(size: int = 112, seed: int = 0) -> np.ndarray:
     """uint8 image, one row per stage sample: motion (app, drv, drv_aug), eye (anchor, positive, negative),
     lip (N = 5 frames at distinct offsets), emo (app, then the K = 5 window frames)."""
-    from pdfgc.data.stage_datasets import build_stage_dataset
+    from pdfgc.data.stage_datasets import EmoDataset, EyeDataset, LipDataset, MotionDataset
 
     src = SyntheticSource(image_size=size, num_identities=20, seed=seed)
     cols = 6
@@ -932,7 +932,8 @@ def preview_stages(size: int = 112, seed: int = 0) -> np.ndarray:
         tiles += [np.full((size, size, 3), 255, np.uint8)] * (cols - len(tiles))
         return np.concatenate(tiles, axis=1)
 
-    ds = {st: build_stage_dataset(st, src, length=1, seed=seed) for st in ("motion", "eye", "lip", "emo")}
+    ds = {st: cls(src, length=1, seed=seed) for st, cls in (("motion", MotionDataset), ("eye", EyeDataset),
+                                                           ("lip", LipDataset), ("emo", EmoDataset))}
     m, e, lp, em = ds["motion"][0], ds["eye"][1], ds["lip"][2], ds["emo"][3]
     rows = [row([m["app"], m["drv"], m["drv_aug"]]), row([e["anchor"], e["positive"], e["negative"]]),
             row(list(lp["frames"])), row([em["app"], *em["frames"]])]

@@ -31,30 +31,20 @@ LABELS = {"g0_other_identity": "G0, other identity", "g0_same_identity": "G0, sa
 
 def load_stage1_networks(ckpt_path, device: str = "cpu"):
     """(appearance, motion, generator0, info) from a stage checkpoint, in eval mode; info says which generator
-    weights were used. Raises FileNotFoundError / ValueError with what is missing."""
-    from pdfgc.stages.base import CHECKPOINT_KEY, components_from_checkpoint, instantiate_component
+    weights were used. The checkpoint is read by `pdfgc.train.checkpoint` (weights only) and the networks are
+    rebuilt from its model config through the allow-listed builder. Raises a UserError naming what is missing."""
+    from pdfgc.models.config import build_component
+    from pdfgc.train import checkpoint as ckpt_format
 
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"stage-1 probe: checkpoint {path} does not exist (a stage's "
-                                "checkpoints/last.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if not meta or "model" not in meta:
-        raise ValueError(f"stage-1 probe: {path} is not a pdfgc training checkpoint (no '{CHECKPOINT_KEY}' "
-                         "metadata); pass a stage's checkpoints/last.ckpt")
-    comps = components_from_checkpoint(ckpt)
-    gen_key = "generator0_ema" if "generator0_ema" in comps else "generator0"
-    missing = [c for c in ("appearance", "motion", gen_key) if c not in comps]
-    if missing:
-        raise ValueError(f"stage-1 probe: {path} (stage '{meta.get('stage')}') holds no {missing}; it has "
-                         f"{sorted(comps)}. Use the stage-1 (motion) checkpoint or a later one that carries it")
-    nets = []
-    for name, key in (("appearance", "appearance"), ("motion", "motion"), ("generator0", gen_key)):
-        net = instantiate_component(meta["model"], name)
-        net.load_state_dict(comps[key])
+    ckpt = ckpt_format.read(ckpt_path)
+    nets, used = [], {}
+    for name in ("appearance", "motion", "generator0"):
+        which, sd = ckpt.network(name, prefer_ema=(name == "generator0"))
+        net = build_component(ckpt.model_config[name], source=f"{ckpt_path} [model.{name}]")
+        net.load_state_dict(sd)
         nets.append(net.to(device).eval())
-    return (*nets, {"generator": gen_key, "stage": meta.get("stage"), "iteration": meta.get("iteration")})
+        used[name] = which
+    return (*nets, {"generator": used["generator0"], "stage": ckpt.stage, "iteration": ckpt.iteration})
 
 
 @torch.inference_mode()

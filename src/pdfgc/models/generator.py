@@ -110,6 +110,15 @@ class Generator(nn.Module):
         s0 = start_size(image_size)
         return s0, channel_table(image_size, channel_multiplier, channel_base, channel_max)[s0]
 
+    def style_layers(self) -> dict[str, EqualLinear]:
+        """Every layer that reads the style vector (the modulation of each modulated convolution, ToRGB included),
+        by parameter prefix in the state_dict, in forward order. Their input columns follow the style layout
+        ([f_app | lip | emo | eye | pose] for G), which is what `g0_transfer` in the emo stage rewrites."""
+        from .layers import ModulatedConv2d
+
+        return {f"{name}.modulation": m.modulation for name, m in self.named_modules()
+                if isinstance(m, ModulatedConv2d)}
+
     def noise_layers(self):
         """The NoiseInjection modules in noise-buffer order (noise_0 = conv1, noise_i = convs[i-1])."""
         return [self.conv1.noise] + [c.noise for c in self.convs]

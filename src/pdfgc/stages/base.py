@@ -2,24 +2,28 @@
 (generator + discriminator, e.g. motion/emo).
 
 What lives here, written once:
-  * networks built by name from the model config (`_target_` + kwargs), held in `self.nets` (a ModuleDict);
-  * per-stage trainable/frozen declaration (`TRAINABLE`): frozen parts get `requires_grad=False` and stay in eval
-    mode even when Lightning calls `.train()` (so frozen BatchNorm statistics never move);
-  * `init_from` a previous stage's checkpoint, component by component, with components that this stage does not
-    build carried forward in its own checkpoints (so `motion -> lip -> pose -> eye -> emo` is a simple chain);
-  * manual optimisation with our own `iteration` counter (saved in checkpoints). Lightning's `global_step` counts
-    optimizer steps: one per iteration for `StageModule`; for `GANStage` two (G then D) plus one per lazy-R1
-    iteration (`optimizer_steps(iterations)` gives the exact number; tests pin it);
+  * networks built from the (resolved) model config through Hydra (`_target_` + kwargs), held in `self.nets`;
+  * the trainable/frozen declaration by component and role (`TRAINABLE`; encoders expose roles such as "trunk" or
+    "lip" through `role_modules`, so no stage names an encoder's private submodules): frozen parts get
+    `requires_grad=False` and stay in eval mode even when Lightning calls `.train()`;
+  * `init_from(components)`: start from a previous stage's networks, component by component (the components come
+    from `pdfgc.train.checkpoint`, which owns the file format; stages never read files);
+  * manual optimisation with our own `iteration` counter. Lightning's `global_step` counts optimizer steps: one per
+    iteration for `StageModule`; for `GANStage` two (G then D) plus one per lazy-R1 iteration
+    (`optimizer_steps()` gives the exact number; tests pin it);
   * a private RNG stream for the training step (dropout, noise injection): data loading and prefetching cannot shift
-    it, and it is saved in checkpoints, so a resumed run draws exactly the numbers the uninterrupted run drew;
+    it, and it is part of the training state, so a resumed run draws exactly the numbers the uninterrupted run drew;
   * gradient clipping, optional StepLR, EMA generator (`pdfgc.stages.ema`), loss logging, sample media.
 
-A stage subclass declares `STAGE`, `COMPONENTS`, `TRAINABLE`, and implements `compute_losses` (and for GANs
-`generate`); loss weights come from `stage.loss.weights` and a weight of 0 skips the term's computation.
+A stage subclass declares `STAGE` (its registry name), `Config` (its typed settings, pdfgc.stages.config),
+`DATASET` (the stage dataset whose batches it trains on, pdfgc.data.stage_datasets), `COMPONENTS`, `TRAINABLE`, and
+implements `compute_losses` (and for GANs `generate`). Defining such a subclass registers it (`STAGES`). Loss
+weights are the typed `config.loss.weights`; a weight of 0 skips the term's computation.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from typing import Any, Mapping
@@ -33,42 +37,26 @@ except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
 from pdfgc.losses.regional import region_l1
+from pdfgc.models.config import resolve_model_config
+from pdfgc.models.layers import EqualLinear
+from pdfgc.stages.config import GANStageConfig, StageConfig, StageConfigError, plain
 from pdfgc.stages.ema import EMA
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "pdfgc"  # our extra entry in Lightning checkpoints
+# name -> stage class; filled by StageModule.__init_subclass__ (see pdfgc.stages.STAGES)
+REGISTRY: dict[str, type["StageModule"]] = {}
 
 
 def instantiate_component(model_cfg: Mapping, name: str) -> nn.Module:
-    """Build network `name` ("appearance", "motion", "audio", "generator", "generator0", "discriminator") from the
-    model config (a `_target_` + constructor kwargs per component, configs/model/*.yaml)."""
+    """Build network `name` ("appearance", "motion", "audio", "generator", "generator0", "discriminator") from a
+    resolved model config (a `_target_` + constructor kwargs per component, configs/model/*.yaml) with Hydra."""
     from hydra.utils import instantiate
 
     if name not in model_cfg:
-        raise KeyError(f"model config has no component '{name}' (has {sorted(k for k in model_cfg)}); "
-                       f"see configs/model/tiny.yaml for the expected layout")
+        raise StageConfigError(f"model config has no component '{name}' (has {sorted(k for k in model_cfg)}); "
+                               f"see configs/model/tiny.yaml for the expected layout")
     return instantiate(dict(model_cfg[name]), _convert_="all")
-
-
-def components_from_checkpoint(ckpt: Mapping) -> dict[str, dict[str, torch.Tensor]]:
-    """All networks stored in a stage checkpoint, by component name -> state_dict.
-
-    Built components come from Lightning's `state_dict` (prefix `nets.<name>.`), the EMA generator appears as
-    `<generator>_ema`, and components carried through from earlier stages come from `ckpt['pdfgc']['carried']`.
-    """
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    meta = ckpt.get(CHECKPOINT_KEY, {})
-    for name, sd in meta.get("carried", {}).items():
-        out[name] = dict(sd)
-    for key, value in ckpt.get("state_dict", {}).items():
-        if key.startswith("nets."):
-            comp, rest = key[len("nets."):].split(".", 1)
-            out.setdefault(comp, {})[rest] = value
-        elif key.startswith("ema.shadow."):
-            gen = meta.get("ema_of", "generator")
-            out.setdefault(f"{gen}_ema", {})[key[len("ema.shadow."):]] = value
-    return out
 
 
 def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
@@ -82,8 +70,6 @@ def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -
     *effective* weight of the source: without it the f_app columns of G0 (in 128+64) lose 46 % of their influence
     when copied into G (in 128+542), and the emo stage starts from a generator that no longer renders stage 1's
     faces."""
-    import math
-
     report: dict[str, list[str]] = {"copied": [], "partial": [], "skipped": []}
     own = target.state_dict()
     modules = dict(target.named_modules())
@@ -101,112 +87,121 @@ def copy_overlapping(target: nn.Module, source_sd: Mapping[str, torch.Tensor]) -
                 block = src[region]
                 owner = modules.get(key.rsplit(".", 1)[0] if "." in key else "")
                 if (key.endswith("weight") and dst.ndim == 2 and src.shape[1] != dst.shape[1]
-                        and type(owner).__name__ == "EqualLinear"):
+                        and isinstance(owner, EqualLinear)):
                     block = block * math.sqrt(dst.shape[1] / src.shape[1])
                 dst[region].copy_(block)
                 report["partial"].append(key)
     return report
 
 
-def _lookup(cfg: Mapping | None, path: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in path.split("."):
-        if node is None or not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return default if node is None else node
+def role_modules(net: nn.Module, role: str) -> list[nn.Module]:
+    """The sub-modules of `net` that make up `role` ("all" = the whole network; other roles need a network that
+    exposes them through `role_modules`, e.g. MotionEncoder's "trunk", "lip", "pose", "eye", "emo")."""
+    if role == "all":
+        return [net]
+    if not hasattr(net, "role_modules"):
+        raise StageConfigError(f"{type(net).__name__} has no roles; a stage can train all of it or none "
+                               f"(got role {role!r})")
+    try:
+        return net.role_modules(role)
+    except KeyError as e:
+        raise StageConfigError(str(e.args[0]) if e.args else str(e)) from e
 
 
 class StageModule(pl.LightningModule):
     """Base of every stage (manual optimisation, one optimiser over the trainable parameters).
 
     Args:
-        model: the model config (`cfg.model`, plain dict): `_target_` + kwargs per component.
-        stage: the stage config (`cfg.stage`, plain dict; keys documented in configs/stage/*.yaml).
-        batch_size: per-process batch size (for the EMA images-seen bookkeeping).
+        config: the stage's typed settings (an instance of `self.Config`).
+        model: the model config (`cfg.model`, plain dict): `_target_` + kwargs per component; derived sizes are
+            filled in here (`pdfgc.models.config.resolve_model_config`).
         seed: seed of the module's private RNG stream (offset by the process rank under DDP).
-        run_config: optional resolved run config stored in the checkpoint hyper-parameters (for export).
     """
 
     STAGE: str = ""
+    Config: type[StageConfig] = StageConfig
+    DATASET: type | None = None
     COMPONENTS: tuple[str, ...] = ()
-    # component -> None (whole component trainable) or tuple of child-module names trainable; absent = frozen
-    TRAINABLE: dict[str, tuple[str, ...] | None] = {}
-    # loss-term names this stage knows (weights in stage.loss.weights; unknown names are an error)
-    LOSS_TERMS: tuple[str, ...] = ()
+    # component -> "all" or a tuple of roles trainable; absent = frozen
+    TRAINABLE: Mapping[str, str | tuple[str, ...]] = {}
 
-    def __init__(self, model: Mapping, stage: Mapping, batch_size: int = 1, seed: int = 0,
-                 run_config: Mapping | None = None):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.STAGE:
+            other = REGISTRY.get(cls.STAGE)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"stage name {cls.STAGE!r} is taken by {other.__module__}.{other.__qualname__}")
+            REGISTRY[cls.STAGE] = cls
+
+    def __init__(self, config: StageConfig, model: Mapping, seed: int = 0):
         super().__init__()
-        self.save_hyperparameters(ignore=["run_config"])
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__} takes a {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.model_cfg = resolve_model_config(model)
+        self.save_hyperparameters({"stage_config": plain(config), "model_config": self.model_cfg, "seed": int(seed)})
         self.automatic_optimization = False
-        self.model_cfg = dict(model)
-        self.stage_cfg = dict(stage)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(config.batch_size)
         self.seed = int(seed)
-        self.run_config = dict(run_config) if run_config else None
-        self.weights = self._loss_weights()
-        trainable = self.stage_cfg.get("trainable")
-        if trainable:  # per-component override of the class's declaration: {component: "all" | [children] | []};
-            # components not named keep their declaration (e.g. {generator: []} freezes only the generator)
-            self.TRAINABLE = {**self.TRAINABLE,
-                              **{k: (None if v in (None, "all") else tuple(v)) for k, v in dict(trainable).items()}}
+        loss = getattr(config, "loss", None)
+        self.weights = ({f.name: float(getattr(loss.weights, f.name)) for f in dataclasses.fields(loss.weights)}
+                        if loss is not None else {})
+        self.trainable_spec = self._trainable_spec(config.trainable)
         self.nets = nn.ModuleDict({name: instantiate_component(self.model_cfg, name) for name in self.COMPONENTS})
         self.carried: dict[str, dict[str, torch.Tensor]] = {}
+        self.init_report: dict[str, str] = {}
         self.iteration = 0
         self.images_seen = 0
         self._rng_cpu: torch.Tensor | None = None
         self._rng_cuda: torch.Tensor | None = None
         self._apply_trainable()
-        init_from = self.stage_cfg.get("init_from")
-        if init_from:
-            self.init_from(init_from)
 
     # ------------------------------------------------------------------ configuration helpers
-    def _loss_weights(self) -> dict[str, float]:
-        weights = dict(_lookup(self.stage_cfg, "loss.weights", {}))
-        unknown = sorted(set(weights) - set(self.LOSS_TERMS))
-        if unknown:
-            raise KeyError(f"stage.loss.weights ({self.STAGE}): unknown term(s) {unknown}; this stage knows "
-                           f"{list(self.LOSS_TERMS)}")
-        return {k: float(weights.get(k, 0.0)) for k in self.LOSS_TERMS}
-
     def on(self, term: str) -> bool:
         """Whether loss term `term` has a non-zero weight (terms with weight 0 are not even computed)."""
         return self.weights.get(term, 0.0) != 0.0
 
-    def cfg(self, path: str, default: Any = None) -> Any:
-        """Look up `stage.<path>` (dotted) with a default."""
-        return _lookup(self.stage_cfg, path, default)
+    @property
+    def noise_mode(self) -> str:
+        return self.config.noise_mode.value
 
-    # ------------------------------------------------------------------ freezing
+    # ------------------------------------------------------------------ freezing (by component and role)
+    def _trainable_spec(self, override) -> dict[str, tuple[str, ...]]:
+        """component -> trainable roles ("all" = everything); `override` ({component: all | [roles] | []}) replaces
+        the class declaration for the components it names."""
+        spec: dict[str, tuple[str, ...]] = {}
+        for comp, roles in {**self.TRAINABLE, **dict(override or {})}.items():
+            if comp not in self.COMPONENTS:
+                raise StageConfigError(f"stage.trainable: stage '{self.STAGE}' has no component {comp!r} (it builds "
+                                       f"{list(self.COMPONENTS)})")
+            if roles in ("all", None):
+                spec[comp] = ("all",)
+            elif isinstance(roles, str):
+                spec[comp] = (roles,)
+            else:
+                spec[comp] = tuple(str(r) for r in roles)
+        return spec
+
     def trainable_modules(self) -> list[nn.Module]:
         mods = []
-        for comp, children in self.TRAINABLE.items():
-            if comp not in self.nets:
-                continue
-            net = self.nets[comp]
-            if children is None:
-                mods.append(net)
-            else:
-                for c in children:
-                    if not hasattr(net, c):
-                        raise AttributeError(f"{type(self).__name__}.TRAINABLE: component '{comp}' "
-                                             f"({type(net).__name__}) has no child '{c}'")
-                    mods.append(getattr(net, c))
+        for comp, roles in self.trainable_spec.items():
+            for role in roles:
+                mods.extend(role_modules(self.nets[comp], role))
         return mods
 
     def frozen_modules(self) -> list[nn.Module]:
         """Maximal sub-modules that are entirely frozen (eval mode, no gradients)."""
         out = []
         for comp, net in self.nets.items():
-            spec = self.TRAINABLE.get(comp, ())
-            if spec is None:
+            roles = self.trainable_spec.get(comp, ())
+            if "all" in roles:
                 continue
-            if not spec:
+            if not roles:
                 out.append(net)
             else:
-                out.extend(m for n, m in net.named_children() if n not in spec)
+                for role in net.ROLES:
+                    if role not in roles:
+                        out.extend(net.role_modules(role))
         return out
 
     def _apply_trainable(self) -> None:
@@ -237,47 +232,40 @@ class StageModule(pl.LightningModule):
         return params
 
     # ------------------------------------------------------------------ init_from / carry
-    def init_from(self, path: str) -> dict[str, str]:
-        """Load components from a previous stage's checkpoint (or a `.ckpt` of this stage, weights only).
+    def init_from(self, components: Mapping[str, Mapping[str, torch.Tensor]], source: str = "checkpoint"
+                  ) -> dict[str, str]:
+        """Start from a previous stage's networks (`components`: name -> state_dict, as
+        `pdfgc.train.checkpoint.TrainingCheckpoint.components` gives them; `source` names them in messages).
 
-        For each component this stage builds: take the same name from the checkpoint; else, for `generator`,
-        the stage-1 `generator0` (its EMA if present) with `copy_overlapping`. Components of the checkpoint that this
-        stage does not build are kept and written into this stage's checkpoints (carried forward).
-        Returns {component: how it was initialised}.
-        """
-        from pathlib import Path
-
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"stage.init_from={str(p)!r}: no such checkpoint. Point it at the last.ckpt of the "
-                                    f"previous stage (e.g. outputs/<run>/checkpoints/last.ckpt) or set it to null.")
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        comps = components_from_checkpoint(ckpt)
+        For each component this stage builds: take the same name (its EMA first); else, for `generator`, the
+        stage-1 `generator0` (its EMA if present) with `copy_overlapping`. Components this stage does not build are
+        kept and written into this stage's checkpoints (carried forward). Returns {component: how it was
+        initialised}."""
         report = {}
         for name, net in self.nets.items():
-            src = self._init_source(name, comps)
+            src = self._init_source(name, components)
             if src is None:
                 report[name] = "fresh init (not in checkpoint)"
                 continue
             src_name, sd = src
-            if src_name == name or src_name == f"{name}_ema":
+            if src_name in (name, f"{name}_ema"):
                 missing, unexpected = net.load_state_dict(sd, strict=False)
                 if missing or unexpected:
-                    raise KeyError(f"{p}: component '{src_name}' does not fit this stage's '{name}' "
-                                   f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}); "
-                                   f"was it trained with the same model config?")
+                    raise StageConfigError(f"{source}: component '{src_name}' does not fit this stage's '{name}' "
+                                           f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]}); "
+                                           f"was it trained with the same model config?")
                 report[name] = f"loaded from '{src_name}'"
             else:
                 r = copy_overlapping(net, sd)
                 report[name] = (f"initialised from '{src_name}' ({len(r['copied'])} tensors copied, "
                                 f"{len(r['partial'])} partially, {len(r['skipped'])} kept)")
-        self.carried = {k: v for k, v in comps.items() if k not in self.nets and not k.endswith("_ema")}
+        self.carried = {k: v for k, v in components.items() if k not in self.nets and not k.endswith("_ema")}
         # The EMA of a generator this stage does not train is carried too (export needs it).
-        for k, v in comps.items():
+        for k, v in components.items():
             if k.endswith("_ema") and k[: -len("_ema")] not in self.nets:
                 self.carried[k] = v
         for name, how in report.items():
-            log.info("init_from %s: %s %s", p.name, name, how)
+            log.info("init_from %s: %s %s", source, name, how)
         self.init_report = report
         return report
 
@@ -291,6 +279,27 @@ class StageModule(pl.LightningModule):
                 if cand in comps:
                     return cand, comps[cand]
         return None
+
+    # ------------------------------------------------------------------ training state (saved by pdfgc.train)
+    def training_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the state_dict and optimizers to resume exactly (written by
+        `pdfgc.train.checkpoint`): iteration, images seen, the private RNG stream, carried components."""
+        if self._rng_cpu is None:
+            self._init_rng()
+        return {"stage": self.STAGE, "iteration": self.iteration, "images_seen": self.images_seen,
+                "rng_cpu": self._rng_cpu.clone(),
+                "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
+                "carried": self.carried, "ema_of": getattr(self, "GENERATOR", None) if self.has_ema else None,
+                "model": self.model_cfg}
+
+    def load_training_state(self, state: Mapping[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.images_seen = int(state["images_seen"])
+        self._rng_cpu = state["rng_cpu"]
+        self._rng_cuda = state.get("rng_cuda")
+        self.carried = dict(state.get("carried") or {})
+
+    has_ema = False
 
     # ------------------------------------------------------------------ RNG stream of the training step
     def _init_rng(self) -> None:
@@ -317,40 +326,38 @@ class StageModule(pl.LightningModule):
                 self._rng_cuda = torch.cuda.get_rng_state(self.device)
 
     # ------------------------------------------------------------------ optimisation
-    def _adam(self, params, key: str, lr_scale: float = 1.0, beta_power: float = 1.0):
-        lr = float(self.cfg(f"optim.{key}.lr", 1e-4)) * lr_scale
-        b1, b2 = (float(b) for b in self.cfg(f"optim.{key}.betas", (0.0, 0.99)))
-        wd = float(self.cfg(f"optim.{key}.weight_decay", 0.0))
-        return torch.optim.Adam(params, lr=lr, betas=(b1 ** beta_power, b2 ** beta_power), weight_decay=wd)
+    def _adam(self, params, opt_cfg, lr_scale: float = 1.0, beta_power: float = 1.0):
+        b1, b2 = (float(b) for b in opt_cfg.betas)
+        return torch.optim.Adam(params, lr=float(opt_cfg.lr) * lr_scale, betas=(b1 ** beta_power, b2 ** beta_power),
+                                weight_decay=float(opt_cfg.weight_decay))
 
     def _scheduler(self, opt):
-        sch = self.cfg("optim.scheduler")
+        sch = self.config.optim.scheduler
         if not sch:
             return None
         # StepLR counted in iterations (the reference default: step 80k, gamma 0.93); stepped manually.
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=int(sch["step_size"]), gamma=float(sch["gamma"]))
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=int(sch.step_size), gamma=float(sch.gamma))
 
     def _generator_side_parameters(self) -> list[nn.Parameter]:
         params = self.generator_parameters()
         if not params:
-            raise RuntimeError(f"stage '{self.STAGE}': nothing to train outside the discriminator (trainable "
-                               f"components: {self.TRAINABLE}); check stage.trainable")
+            raise StageConfigError(f"stage '{self.STAGE}': nothing to train outside the discriminator (trainable: "
+                                   f"{self.trainable_spec}); check stage.trainable")
         return params
 
     def configure_optimizers(self):
-        opt = self._adam(self._generator_side_parameters(), "g")
+        opt = self._adam(self._generator_side_parameters(), self.config.optim.g)
         sch = self._scheduler(opt)
         return ([opt], [sch]) if sch else opt
 
-    @classmethod
-    def optimizer_steps(cls, iterations: int, stage_cfg: Mapping | None = None) -> int:
-        """Lightning optimizer steps (= trainer.global_step) after `iterations` iterations of this stage."""
-        return int(iterations)
+    def optimizer_steps(self, iterations: int | None = None) -> int:
+        """Lightning optimizer steps (= trainer.global_step) after `iterations` (default: the configured number)."""
+        return int(self.config.iterations if iterations is None else iterations)
 
-    def _step(self, opt, loss: torch.Tensor, params_owner: str = "g") -> None:
+    def _step(self, opt, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        clip = self.cfg("optim.clip_grad")
+        clip = self.config.optim.clip_grad
         if clip:
             self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
         opt.step()
@@ -373,7 +380,8 @@ class StageModule(pl.LightningModule):
             if w:
                 total = v * w if total is None else total + v * w
         if total is None:
-            raise RuntimeError(f"stage '{self.STAGE}': every loss weight is 0 ({self.weights}); nothing to train")
+            raise StageConfigError(f"stage '{self.STAGE}': every loss weight is 0 ({self.weights}); nothing to "
+                                   "train")
         return total
 
     def iteration_step(self, batch) -> dict[str, torch.Tensor]:
@@ -421,11 +429,10 @@ class StageModule(pl.LightningModule):
         return {}
 
     def _maybe_log_media(self, batch) -> None:
-        every = int(self.cfg("log.sample_every", 0) or 0)
-        max_it = int(self.cfg("iterations", 0) or 0)
+        every = int(self.config.log.sample_every or 0)
         if every <= 0 or self.trainer is None or self.global_rank != 0:
             return
-        if self.iteration % every != 0 and self.iteration != max_it:
+        if self.iteration % every != 0 and self.iteration != int(self.config.iterations):
             return
         from pdfgc.stages.media import log_media
 
@@ -438,36 +445,6 @@ class StageModule(pl.LightningModule):
             self.train(was_training)
         if media:
             log_media(self.loggers, media, self.iteration, stage=self.STAGE)
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self._rng_cpu is None:
-            self._init_rng()
-        checkpoint[CHECKPOINT_KEY] = {
-            "stage": self.STAGE,
-            "iteration": self.iteration,
-            "images_seen": self.images_seen,
-            "rng_cpu": self._rng_cpu.clone(),
-            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
-            "carried": self.carried,
-            "ema_of": getattr(self, "EMA_OF", None),
-            "model": self.model_cfg,
-            "run_config": self.run_config,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        meta = checkpoint.get(CHECKPOINT_KEY)
-        if meta is None:
-            raise KeyError("checkpoint has no 'pdfgc' entry: it was not written by a pdfgc stage")
-        if meta.get("stage") != self.STAGE:
-            raise ValueError(f"ckpt_path belongs to stage '{meta.get('stage')}', but this run is stage "
-                             f"'{self.STAGE}'. To start a new stage from it use stage.init_from=<ckpt>; "
-                             f"ckpt_path is for resuming the same stage.")
-        self.iteration = int(meta["iteration"])
-        self.images_seen = int(meta["images_seen"])
-        self._rng_cpu = meta["rng_cpu"]
-        self._rng_cuda = meta.get("rng_cuda")
-        self.carried = dict(meta.get("carried", {}))
 
 
 class GANStage(StageModule):
@@ -484,20 +461,23 @@ class GANStage(StageModule):
       6. EMA update of the generator (half-life in kimg, batch-size independent).
     """
 
+    Config: type[GANStageConfig] = GANStageConfig
     GENERATOR = "generator"
-    GAN_TERMS = ("gan", "fm")
+    has_ema = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.EMA_OF = self.GENERATOR
-        self.ema = EMA(self.nets[self.GENERATOR], half_life_kimg=float(self.cfg("ema.half_life_kimg", 10.0)),
-                       rampup=self.cfg("ema.rampup", 0.05))
-        if self.cfg("init_from"):
-            # A stage that starts from a trained generator starts its average there too.
-            self.ema.shadow.load_state_dict(self.nets[self.GENERATOR].state_dict())
+    def __init__(self, config: GANStageConfig, model: Mapping, seed: int = 0):
+        super().__init__(config, model, seed)
+        self.ema = EMA(self.nets[self.GENERATOR], half_life_kimg=float(config.ema.half_life_kimg),
+                       rampup=config.ema.rampup)
         from pdfgc.stages.common import PerceptualHolder
 
-        self.perceptual = PerceptualHolder(self.cfg("loss.perceptual"))
+        self.perceptual = PerceptualHolder(config.loss.perceptual)
+
+    def init_from(self, components, source: str = "checkpoint") -> dict[str, str]:
+        report = super().init_from(components, source)
+        # A stage that starts from a trained generator starts its average there too.
+        self.ema.shadow.load_state_dict(self.nets[self.GENERATOR].state_dict())
+        return report
 
     @property
     def generator(self) -> nn.Module:
@@ -507,23 +487,17 @@ class GANStage(StageModule):
     def discriminator(self) -> nn.Module:
         return self.nets["discriminator"]
 
-    def _r1(self) -> tuple[float, int]:
-        gamma = float(self.cfg("gan.r1_gamma", 0.0) or 0.0)
-        interval = int(self.cfg("gan.r1_interval", 16) or 16)
-        return gamma, max(1, interval)
-
-    @classmethod
-    def optimizer_steps(cls, iterations: int, stage_cfg: Mapping | None = None) -> int:
-        gamma = float(_lookup(stage_cfg, "gan.r1_gamma", 0.0) or 0.0)
-        interval = max(1, int(_lookup(stage_cfg, "gan.r1_interval", 16) or 16))
-        r1_steps = math.ceil(iterations / interval) if gamma > 0 else 0  # iterations 0, interval, 2*interval, ...
-        return 2 * int(iterations) + r1_steps
+    def optimizer_steps(self, iterations: int | None = None) -> int:
+        n = int(self.config.iterations if iterations is None else iterations)
+        gan = self.config.gan
+        r1_steps = math.ceil(n / gan.r1_interval) if gan.r1_gamma > 0 else 0  # iterations 0, interval, 2*interval..
+        return 2 * n + r1_steps
 
     def configure_optimizers(self):
-        g_opt = self._adam(self._generator_side_parameters(), "g")
-        gamma, interval = self._r1()
-        c = interval / (interval + 1) if gamma > 0 else 1.0
-        d_opt = self._adam([p for p in self.discriminator.parameters() if p.requires_grad], "d",
+        g_opt = self._adam(self._generator_side_parameters(), self.config.optim.g)
+        gan = self.config.gan
+        c = gan.r1_interval / (gan.r1_interval + 1) if gan.r1_gamma > 0 else 1.0
+        d_opt = self._adam([p for p in self.discriminator.parameters() if p.requires_grad], self.config.optim.d,
                            lr_scale=c, beta_power=c)
         opts = [g_opt, d_opt]
         schs = [s for s in (self._scheduler(g_opt), self._scheduler(d_opt)) if s is not None]
@@ -560,7 +534,8 @@ class GANStage(StageModule):
         from pdfgc.losses.gan import d_loss, feature_matching_loss, g_loss, r1_penalty
 
         g_opt, d_opt = self.optimizers()
-        kind = str(self.cfg("gan.loss", "hinge"))
+        gan = self.config.gan
+        kind = gan.loss.value
         out = self.generate(batch)
         fake, real = out["fake"], out["real"]
         need_d_for_g = self.on("gan") or self.on("fm")
@@ -574,8 +549,7 @@ class GANStage(StageModule):
             if self.on("gan"):
                 terms["gan"] = g_loss(fake_out, kind)
             if self.on("fm"):
-                terms["fm"] = feature_matching_loss(real_out, fake_out,
-                                                    float(self.cfg("gan.fm_first_layer_weight", 1.0)))
+                terms["fm"] = feature_matching_loss(real_out, fake_out, float(gan.fm_first_layer_weight))
         self.discriminator.requires_grad_(True)
         total = self.weighted_total(terms)
         self._step(g_opt, total)
@@ -585,11 +559,10 @@ class GANStage(StageModule):
         ld = d_loss(real_out, self.discriminator(fake.detach()), kind)
         self._step(d_opt, ld)
         logs["d"] = ld.detach()
-        gamma, interval = self._r1()
-        if gamma > 0 and self.iteration % interval == 0:
+        if gan.r1_gamma > 0 and self.iteration % gan.r1_interval == 0:
             real_r = real.detach().requires_grad_(True)
             r1 = r1_penalty(self.discriminator(real_r), real_r)
-            self._step(d_opt, r1 * (gamma / 2 * interval))
+            self._step(d_opt, r1 * (gan.r1_gamma / 2 * gan.r1_interval))
             logs["r1"] = r1.detach()
         # --- EMA ---
         bimg = self.batch_images(batch)

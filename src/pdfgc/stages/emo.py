@@ -7,16 +7,76 @@ centre frame supplies pose and eye codes (frozen heads) and is the reconstructio
 Terms: GAN + feature matching + VGG + L1 (self-reconstruction); decor = squared cross-correlation between the
 per-frame emotion codes and the audio features, estimated over the batch plus FIFO memory banks; sync = the lip code
 that the frozen visual lip head reads from the generated frame must match the audio lip code (lip-sync consistency).
-Trainable: emotion head (to_emo, emo_embed), generator G (initialised from G0 where shapes allow), discriminator.
+Trainable: the motion encoder's emotion head, generator G (initialised from G0 where shapes allow), discriminator.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
 import torch
 
+from pdfgc.data.stage_datasets import EmoDataset, EmoOptions
 from pdfgc.losses.consistency import lip_sync_consistency
 from pdfgc.losses.decorrelation import MemoryBank, cross_correlation_loss
 from pdfgc.models.latent import assemble_style
 from pdfgc.stages.base import GANStage
+from pdfgc.stages.config import GANStageConfig, PerceptualConfig, StageConfigError
+
+log = logging.getLogger(__name__)
+
+
+class DecorWith(str, Enum):
+    audio = "audio"      # the audio feature f_aud
+    lip = "lip"          # the audio lip code
+
+
+class SyncKind(str, Enum):
+    l1 = "l1"
+    mse = "mse"
+    cosine = "cosine"
+
+
+@dataclass
+class EmoLossWeights:
+    gan: float = 1.0
+    fm: float = 10.0
+    vgg: float = 10.0
+    l1: float = 1.0
+    l1_eye: float = 0.0
+    l1_mouth: float = 0.0
+    decor: float = 1.0      # decorrelation of the emotion code from the audio (memory banks)
+    sync: float = 1.0       # lip-sync consistency of the generated frame
+
+
+@dataclass
+class EmoLossConfig:
+    weights: EmoLossWeights = field(default_factory=EmoLossWeights)
+    decor_with: DecorWith = DecorWith.audio
+    bank_size: int = 1024        # rows in each memory bank
+    sync_kind: SyncKind = SyncKind.cosine
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+
+
+@dataclass
+class G0TransferConfig:
+    """At iteration 0, set G's emo/eye/pose columns from G0's motion columns (`EmoStage.transfer_g0_motion`); only
+    acts when G is initialised from a stage-1 generator0."""
+
+    enabled: bool = True
+    ridge: float = 1.0           # ridge of the code -> unified-motion regression (standardised codes)
+    sequential: bool = True      # fit eye+pose first, emotion on the residual (false: one joint fit)
+
+
+@dataclass
+class EmoConfig(GANStageConfig):
+    name: str = "emo"
+    iterations: int = 2000
+    batch_size: int = 4          # windows, x dataset.window frames each
+    loss: EmoLossConfig = field(default_factory=EmoLossConfig)
+    g0_transfer: G0TransferConfig = field(default_factory=G0TransferConfig)
+    dataset: EmoOptions = field(default_factory=EmoOptions)
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,30 +92,32 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tenso
 
 class EmoStage(GANStage):
     STAGE = "emo"
+    Config = EmoConfig
+    DATASET = EmoDataset
     COMPONENTS = ("appearance", "motion", "audio", "generator", "discriminator")
-    TRAINABLE = {"motion": ("to_emo", "emo_embed"), "generator": None, "discriminator": None}
+    TRAINABLE = {"motion": ("emo",), "generator": "all", "discriminator": "all"}
     GENERATOR = "generator"
-    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "l1_eye", "l1_mouth", "decor", "sync")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        emo_dim = int(self.model_cfg["motion"].get("emo_dim", 30))
-        with_ = str(self.cfg("loss.decor_with", "audio"))
-        aud_dim = int(self.model_cfg["audio"].get("embed_dim" if with_ == "audio" else "lip_dim", 512))
-        size = int(self.cfg("loss.bank_size", 1024))
-        self.bank_emo = MemoryBank(emo_dim, size)
-        self.bank_aud = MemoryBank(aud_dim, size)
-
-    def init_from(self, path: str) -> dict[str, str]:
-        report = super().init_from(path)
+    def __init__(self, config: EmoConfig, model, seed: int = 0):
+        super().__init__(config, model, seed)
+        loss = config.loss
+        if loss.bank_size < 0:
+            raise StageConfigError(f"stage.loss.bank_size={loss.bank_size}: expected rows >= 0")
+        emo_dim = self.nets["motion"].code_dims["emo"]
+        audio = self.nets["audio"]
+        aud_dim = audio.config["embed_dim"] if loss.decor_with == DecorWith.audio else audio.config["lip_dim"]
+        self.bank_emo = MemoryBank(emo_dim, int(loss.bank_size))
+        self.bank_aud = MemoryBank(aud_dim, int(loss.bank_size))
         self._g0_src = None
-        if self.cfg("g0_transfer.enabled", False) and "generator0" in str(report.get("generator", "")):
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            from pdfgc.stages.base import components_from_checkpoint
 
-            comps = components_from_checkpoint(ckpt)
-            sd = comps.get("generator0_ema", comps.get("generator0"))
-            self._g0_src = {k: v.clone() for k, v in sd.items() if k.endswith(("modulation.weight", "modulation.bias"))}
+    def init_from(self, components, source: str = "checkpoint") -> dict[str, str]:
+        report = super().init_from(components, source)
+        self._g0_src = None
+        if self.config.g0_transfer.enabled and "generator0" in str(report.get("generator", "")):
+            sd = components.get("generator0_ema", components.get("generator0"))
+            layers = self.generator.style_layers()
+            self._g0_src = {k: v.clone() for k, v in sd.items()
+                            if k.rsplit(".", 1)[0] in layers and k.endswith((".weight", ".bias"))}
         return report
 
     @torch.no_grad()
@@ -81,9 +143,9 @@ class EmoStage(GANStage):
             m.training = was
         f = enc["motion"]  # (n, m0) target: the unified motion G0 was trained on
         c = torch.cat([enc["emo"], enc["eye"], enc["pose"]], 1)  # (n, 42) in the style order after lip
-        lam = float(self.cfg("g0_transfer.ridge", 1.0))
+        lam = float(self.config.g0_transfer.ridge)
         n_emo = enc["emo"].shape[1]
-        if self.cfg("g0_transfer.sequential", True):
+        if self.config.g0_transfer.sequential:
             # eye + pose first, the emotion code only explains what they leave: G's motion goes through the
             # factor codes where they can carry it, instead of through the wide 30-d emotion code
             a_pe, b_pe = ridge_fit(c[:, n_emo:], f, lam)
@@ -95,25 +157,22 @@ class EmoStage(GANStage):
         pred = c @ a.t() + b
         r2 = 1 - ((pred - f) ** 2).sum() / ((f - fm) ** 2).sum().clamp_min(1e-12)
         n_code = c.shape[1]
-        mc = self.model_cfg["motion"]
-        self._code_dims = sum(int(mc.get(k, d)) for k, d in
-                              (("lip_dim", 500), ("emo_dim", 30), ("eye_dim", 6), ("pose_dim", 6)))
+        code_dims = sum(motion.code_dims.values())  # lip + emo + eye + pose: G's style after f_app
         for g in (self.generator, self.ema.shadow):
-            sd_g = g.state_dict()
-            mods = dict(g.named_modules())
+            layers = g.style_layers()
             for key, w0 in self._g0_src.items():
-                if not key.endswith("weight") or key not in sd_g:
-                    continue
                 name = key.rsplit(".", 1)[0]
-                lin, lin0_in = mods[name], w0.shape[1]
+                if not key.endswith(".weight") or name not in layers:
+                    continue
+                lin, lin0_in = layers[name], w0.shape[1]
                 app_dim = lin0_in - a.shape[0]  # G0's style = [f_app | unified motion]
                 scale0 = lin.lr_mul / lin0_in ** 0.5
                 w0_mot = w0[:, app_dim:] * scale0  # (out, m0) effective
                 w = lin.weight
-                if app_dim <= 0 or w.shape[1] - app_dim != self._code_dims:
-                    raise ValueError(f"g0_transfer: G0 layer {key} has {lin0_in} inputs and G {w.shape[1]}, but the "
-                                     f"motion trunk gives {a.shape[0]} dims and the codes {self._code_dims}; were "
-                                     f"generator0 and motion trained in one run with this model config?")
+                if app_dim <= 0 or w.shape[1] - app_dim != code_dims:
+                    raise StageConfigError(f"g0_transfer: G0 layer {key} has {lin0_in} inputs and G {w.shape[1]}, but "
+                                           f"the motion trunk gives {a.shape[0]} dims and the codes {code_dims}; were "
+                                           "generator0 and motion trained in one run with this model config?")
                 w[:, w.shape[1] - n_code:] = (w0_mot @ a) / lin.scale
                 if lin.bias is not None:
                     lin.bias += (w0_mot @ b) / lin.lr_mul
@@ -121,12 +180,9 @@ class EmoStage(GANStage):
         return {"r2": float(r2)}
 
     def iteration_step(self, batch):
-        if getattr(self, "_g0_src", None) is not None and self.iteration == 0:
+        if self._g0_src is not None and self.iteration == 0:
             info = self.transfer_g0_motion(batch)
-            import logging
-
-            logging.getLogger(__name__).info("g0_transfer: emo/eye/pose columns of G set from G0 (fit R^2 %.2f)",
-                                             info["r2"])
+            log.info("g0_transfer: emo/eye/pose columns of G set from G0 (fit R^2 %.2f)", info["r2"])
         return super().iteration_step(batch)
 
     def codes(self, batch):
@@ -138,12 +194,12 @@ class EmoStage(GANStage):
             f_app, f_sp = self.nets["appearance"](batch["app"])
             f_aud, lip_a = self.nets["audio"](mel.flatten(0, 1))
         motion = self.nets["motion"]
-        f = motion.model(frames.flatten(0, 1))  # frozen trunk: no graph (its params do not require grad)
-        emo = motion.emo_embed(motion.to_emo(f))  # (B*K, emo) trainable head
+        f = motion.trunk(frames.flatten(0, 1))  # frozen trunk: no graph (its params do not require grad)
+        emo = motion.head("emo", f)  # (B*K, emo) trainable head
         with torch.no_grad():
             fc = f.view(b, k, -1)[:, c]
-            pose = motion.headpose_embed(motion.to_headpose(fc))
-            eye = motion.eye_embed(motion.to_eye(fc))
+            pose = motion.head("pose", fc)
+            eye = motion.head("eye", fc)
         return dict(b=b, k=k, c=c, f_app=f_app, f_sp=f_sp, f_aud=f_aud, lip_a=lip_a.view(b, k, -1), emo=emo,
                     emo_bar=emo.view(b, k, -1).mean(1), pose=pose, eye=eye)
 
@@ -151,7 +207,7 @@ class EmoStage(GANStage):
         z = self.codes(batch)
         g = generator if generator is not None else self.generator
         style = assemble_style(z["f_app"], z["lip_a"][:, z["c"]], z["emo_bar"], z["eye"], z["pose"])
-        fake = g(style, z["f_sp"], noise_mode=self.cfg("noise_mode", "random"))
+        fake = g(style, z["f_sp"], noise_mode=self.noise_mode)
         return {"fake": fake, "real": batch["frames"][:, z["c"]], **z}
 
     def compute_losses(self, batch, out=None):
@@ -159,7 +215,8 @@ class EmoStage(GANStage):
         boxes = {r: batch[f"gt_{r}_box"][:, c] for r in ("eye", "mouth") if f"gt_{r}_box" in batch}
         terms = self.reconstruction_terms(out["fake"], out["real"], boxes)
         if self.on("decor"):
-            other = out["f_aud"] if str(self.cfg("loss.decor_with", "audio")) == "audio" else out["lip_a"].flatten(0, 1)
+            audio = self.config.loss.decor_with == DecorWith.audio
+            other = out["f_aud"] if audio else out["lip_a"].flatten(0, 1)
             x = self.bank_emo.with_bank(out["emo"])
             y = self.bank_aud.with_bank(other.detach())
             terms["decor"] = cross_correlation_loss(x, y)
@@ -168,14 +225,14 @@ class EmoStage(GANStage):
         if self.on("sync"):
             vis_lip = self.nets["motion"].encode(out["fake"], heads=("lip",))["lip"]
             terms["sync"] = lip_sync_consistency(vis_lip, out["lip_a"][:, out["c"]],
-                                                 str(self.cfg("loss.sync_kind", "cosine")))
+                                                 self.config.loss.sync_kind.value)
         return terms
 
     @torch.no_grad()
     def sample_media(self, batch):
         from pdfgc.stages.media import image_grid, swap_grid
 
-        n = min(int(self.cfg("log.num_samples", 4)), batch["app"].shape[0])
+        n = min(int(self.config.log.num_samples), batch["app"].shape[0])
         sub = {k: v[:n] for k, v in batch.items() if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] >= n}
         z = self.codes(sub)
         g = self.ema.shadow

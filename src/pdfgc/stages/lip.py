@@ -3,20 +3,56 @@
 Batch: N frames of one clip at distinct offsets and their synchronised mel windows, for B clips. Row i of the
 flattened (B*N) audio and visual features is a positive pair; negatives are the other offsets of the same clip and
 (with `negatives: all`) the other clips. Terms:
-  nce      L_a2v + L_v2a on the 512-d features (audio f_aud vs visual to_mouth(f_mot));
-  nce_lip  the same on the 500-d lip codes (audio lip head vs visual mouth_embed), so the code that drives the
+  nce      L_a2v + L_v2a on the 512-d features (audio f_aud vs the visual lip head's feature);
+  nce_lip  the same on the 500-d lip codes (audio lip head vs visual lip code), so the code that drives the
            generator at inference (audio) and the one read from images (visual, used by the emo stage's lip-sync
            consistency) live in one space;
   mse      MSE(audio lip code, visual lip code detached) (the reference's lambda_crossmodal term).
-The motion trunk is frozen (eval); the audio encoder and the visual lip head (to_mouth, mouth_embed) train.
+The motion trunk is frozen (eval); the audio encoder and the motion encoder's lip head train.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
+from pdfgc.data.stage_datasets import LipDataset, LipOptions
 from pdfgc.losses.contrastive import bidirectional_info_nce, pairwise_similarity
 from pdfgc.stages.base import StageModule
+from pdfgc.stages.config import AdamConfig, OptimConfig, Similarity, StageConfig
+
+
+class Negatives(str, Enum):
+    all = "all"                # other offsets + other clips
+    same_clip = "same_clip"    # other offsets of the same clip only
+
+
+@dataclass
+class LipLossWeights:
+    nce: float = 1.0
+    nce_lip: float = 1.0
+    mse: float = 1.0
+
+
+@dataclass
+class LipLossConfig:
+    weights: LipLossWeights = field(default_factory=LipLossWeights)
+    temperature: float = 0.07
+    similarity: Similarity = Similarity.cosine
+    negatives: Negatives = Negatives.all
+    detach_other: bool = True   # each direction trains only its query modality (leaked trainer)
+
+
+@dataclass
+class LipConfig(StageConfig):
+    name: str = "lip"
+    iterations: int = 2000
+    batch_size: int = 4          # clips, x dataset.num_offsets windows each
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(g=AdamConfig(lr=1e-4, betas=[0.5, 0.999])))
+    loss: LipLossConfig = field(default_factory=LipLossConfig)
+    dataset: LipOptions = field(default_factory=LipOptions)
 
 
 def clip_mask(batch_size: int, num_offsets: int, negatives: str, device=None) -> torch.Tensor | None:
@@ -32,9 +68,10 @@ def clip_mask(batch_size: int, num_offsets: int, negatives: str, device=None) ->
 
 class LipStage(StageModule):
     STAGE = "lip"
+    Config = LipConfig
+    DATASET = LipDataset
     COMPONENTS = ("motion", "audio")
-    TRAINABLE = {"motion": ("to_mouth", "mouth_embed"), "audio": None}
-    LOSS_TERMS = ("nce", "nce_lip", "mse")
+    TRAINABLE = {"motion": ("lip",), "audio": "all"}
 
     def features(self, batch):
         frames, mel = batch["frames"], batch["mel"]
@@ -48,10 +85,10 @@ class LipStage(StageModule):
 
     def compute_losses(self, batch):
         b, n, f_aud, lip_a, f_vis, lip_v = self.features(batch)
-        t = float(self.cfg("loss.temperature", 0.07))
-        sim = str(self.cfg("loss.similarity", "cosine"))
-        mask = clip_mask(b, n, str(self.cfg("loss.negatives", "all")), f_aud.device)
-        detach = bool(self.cfg("loss.detach_other", True))
+        loss = self.config.loss
+        t, sim = float(loss.temperature), loss.similarity.value
+        mask = clip_mask(b, n, loss.negatives.value, f_aud.device)
+        detach = bool(loss.detach_other)
         terms = {}
         if self.on("nce"):
             d = bidirectional_info_nce(f_aud, f_vis, t, sim, detach, mask)
@@ -70,7 +107,7 @@ class LipStage(StageModule):
     @torch.no_grad()
     def sample_media(self, batch):
         _, _, f_aud, _, f_vis, _ = self.features(batch)
-        s = pairwise_similarity(f_aud, f_vis, str(self.cfg("loss.similarity", "cosine")))
+        s = pairwise_similarity(f_aud, f_vis, self.config.loss.similarity.value)
         s = (s - s.min()) / (s.max() - s.min() + 1e-8) * 2 - 1
         img = F.interpolate(s[None, None], scale_factor=4, mode="nearest")[0].expand(3, -1, -1)
         return {"av_similarity": img}

@@ -8,38 +8,76 @@ motion from E_mot. Losses: hinge GAN + feature matching + VGG perceptual + L1 + 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from enum import Enum
+
 import torch
 import torch.nn.functional as F
 
+from pdfgc.data.stage_datasets import MotionDataset, MotionOptions
 from pdfgc.losses.consistency import feature_consistency
 from pdfgc.stages.base import GANStage
+from pdfgc.stages.config import GANStageConfig, PerceptualConfig
+
+
+class MotKind(str, Enum):
+    vicreg = "vicreg"    # MSE + variance hinge: no collapse (docs/training.md)
+    l1 = "l1"
+    mse = "mse"
+    cosine = "cosine"
+
+
+@dataclass
+class MotionLossWeights:
+    gan: float = 1.0
+    fm: float = 10.0
+    vgg: float = 10.0
+    l1: float = 1.0
+    l1_eye: float = 0.0      # L1 inside the eye box of the target
+    l1_mouth: float = 0.0    # L1 inside the mouth box
+    mot: float = 1.0         # motion consistency (augmented vs clean driving frame)
+    id: float = 0.0          # identity cross-entropy of f_app (VoxCeleb identities)
+
+
+@dataclass
+class MotionLossConfig:
+    weights: MotionLossWeights = field(default_factory=MotionLossWeights)
+    mot_kind: MotKind = MotKind.vicreg
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+
+
+@dataclass
+class MotionConfig(GANStageConfig):
+    name: str = "motion"
+    iterations: int = 2000
+    batch_size: int = 8
+    loss: MotionLossConfig = field(default_factory=MotionLossConfig)
+    dataset: MotionOptions = field(default_factory=MotionOptions)
 
 
 class MotionStage(GANStage):
     STAGE = "motion"
+    Config = MotionConfig
+    DATASET = MotionDataset
     COMPONENTS = ("appearance", "motion", "generator0", "discriminator")
-    TRAINABLE = {"appearance": None, "motion": ("model",), "generator0": None, "discriminator": None}
+    TRAINABLE = {"appearance": "all", "motion": ("trunk",), "generator0": "all", "discriminator": "all"}
     GENERATOR = "generator0"
-    LOSS_TERMS = ("gan", "fm", "vgg", "l1", "l1_eye", "l1_mouth", "mot", "id")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
 
     def _style(self, f_app, f_mot):
         return torch.cat([f_app, f_mot], dim=1)
 
     def generate(self, batch):
         f_app, f_sp = self.nets["appearance"](batch["app"])
-        f_mot = self.nets["motion"].encode(batch["drv_aug"], heads=())["motion"]
-        fake = self.generator(self._style(f_app, f_mot), f_sp, noise_mode=self.cfg("noise_mode", "random"))
+        f_mot = self.nets["motion"].trunk(batch["drv_aug"])
+        fake = self.generator(self._style(f_app, f_mot), f_sp, noise_mode=self.noise_mode)
         return {"fake": fake, "real": batch["drv"], "f_app": f_app, "f_mot": f_mot}
 
     def compute_losses(self, batch, out=None):
         terms = self.reconstruction_terms(out["fake"], out["real"],
                                           {"eye": batch.get("gt_eye_box"), "mouth": batch.get("gt_mouth_box")})
         if self.on("mot"):
-            clean = self.nets["motion"].encode(batch["drv"], heads=())["motion"]
-            terms["mot"] = feature_consistency(out["f_mot"], clean, str(self.cfg("loss.mot_kind", "vicreg")))
+            clean = self.nets["motion"].trunk(batch["drv"])
+            terms["mot"] = feature_consistency(out["f_mot"], clean, self.config.loss.mot_kind.value)
         if self.on("id") and "identity" in batch:
             app = self.nets["appearance"]
             logits = app.classify(out["f_app"])
@@ -53,10 +91,10 @@ class MotionStage(GANStage):
     def sample_media(self, batch):
         from pdfgc.stages.media import image_grid, swap_grid
 
-        n = min(int(self.cfg("log.num_samples", 4)), batch["app"].shape[0])
+        n = min(int(self.config.log.num_samples), batch["app"].shape[0])
         app, drv, aug = batch["app"][:n], batch["drv"][:n], batch["drv_aug"][:n]
         f_app, f_sp = self.nets["appearance"](app)
-        f_mot = self.nets["motion"].encode(aug, heads=())["motion"]
+        f_mot = self.nets["motion"].trunk(aug)
         g = self.ema.shadow
         noise = "const"
         fake = g(self._style(f_app, f_mot), f_sp, noise_mode=noise)

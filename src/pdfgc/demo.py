@@ -1,8 +1,9 @@
-"""End of the chain: inference export (see `pdfgc.training.export_from_checkpoint`) and the demo outputs: a video
-with swapped controls (`Pipeline.generate`) and the synthetic evaluation report (`run_synthetic_benchmark`).
+"""The demo task (`python train.py experiment=demo`, `make demo`): the whole progressive chain on the embedded
+synthetic data (`pdfgc.train`), then what shows the result (`pdfgc.eval`, `pdfgc.pipeline`): a video with
+swapped controls, the synthetic evaluation report and the stage-1 probe.
 
-Both consumers are other parts of the package; when one is missing or fails the demo says so and goes on, the
-training results stay valid.
+It sits above training and evaluation (docs/ARCHITECTURE.md): neither imports it. When a demo output fails, the
+demo says so and goes on; the training results stay valid.
 """
 from __future__ import annotations
 
@@ -52,16 +53,15 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
     audio = None
     if hasattr(source, "audio"):
         wav = source.audio(b)
-        start = 0
-        audio = wav[start: start + int(panel.shape[0] * SAMPLE_RATE / FPS)].astype(np.float32)
+        audio = wav[: int(panel.shape[0] * SAMPLE_RATE / FPS)].astype(np.float32)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_video(out_path, panel, fps=FPS, audio=audio)
     return out_path
 
 
-def run_demo(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_clips: int = 4, seed: int = 0,
-             estimator_steps: int = 300, stage1_ckpt=None) -> dict:
+def demo_outputs(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_clips: int = 4, seed: int = 0,
+                 estimator_steps: int = 300, stage1_ckpt=None) -> dict:
     """Demo video + evaluation report under `out_dir` (+ the stage-1 probe of `stage1_ckpt` in `eval_stage1/`,
     with the report's estimator); returns {"video": path|None, "report": dict|None, "stage1": dict|None,
     "messages": [...], "seconds": {...}}."""
@@ -73,25 +73,19 @@ def run_demo(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_
         result["video"] = swapped_controls_video(export_dir, out_dir / "swapped_controls.mp4", data_cfg,
                                                  num_frames=num_frames, seed=seed)
         log.info("demo video: %s", result["video"])
-    except ImportError as e:
-        result["messages"].append(f"demo video skipped: the inference pipeline is not available ({e})")
     except Exception as e:  # the demo must not lose a finished training run
         result["messages"].append(f"demo video failed: {type(e).__name__}: {e}")
     result["seconds"]["video"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
         from pdfgc.eval.benchmark import run_synthetic_benchmark
-    except ImportError as e:
-        result["messages"].append(f"evaluation report skipped: pdfgc.eval.benchmark is not available ({e})")
-    else:
-        try:
-            result["report"] = run_synthetic_benchmark(export_dir, out_dir / "eval", clips=eval_clips,
-                                                       image_size=int(data_cfg["image_size"]), seed=seed,
-                                                       estimator_steps=estimator_steps, progress=False,
-                                                       log=log.info)
-            log.info("evaluation report: %s", out_dir / "eval")
-        except Exception as e:
-            result["messages"].append(f"evaluation report failed: {type(e).__name__}: {e}")
+
+        result["report"] = run_synthetic_benchmark(export_dir, out_dir / "eval", clips=eval_clips,
+                                                   image_size=int(data_cfg["image_size"]), seed=seed,
+                                                   estimator_steps=estimator_steps, progress=False, log=log.info)
+        log.info("evaluation report: %s", out_dir / "eval")
+    except Exception as e:
+        result["messages"].append(f"evaluation report failed: {type(e).__name__}: {e}")
     result["seconds"]["eval"] = time.perf_counter() - t0
     if stage1_ckpt is not None and result["report"] is not None:
         t0 = time.perf_counter()
@@ -107,3 +101,23 @@ def run_demo(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, eval_
     for m in result["messages"]:
         log.warning(m)
     return result
+
+
+def run_demo(cfg) -> dict:
+    """Train `cfg` (the demo chain) and write the demo outputs under `<output_dir>/demo`. Returns the training
+    summary with "demo" added (see `demo_outputs`; None when the run produced no export)."""
+    from omegaconf import OmegaConf
+
+    from pdfgc.train import train
+
+    summary = train(cfg)
+    summary["demo"] = None
+    demo_cfg = cfg.get("demo") or {}
+    if summary["export"] is not None:
+        summary["demo"] = demo_outputs(summary["export"], Path(str(cfg.paths.output_dir)) / "demo",
+                                       OmegaConf.to_container(cfg.data, resolve=True),
+                                       num_frames=int(demo_cfg.get("num_frames", 50)),
+                                       eval_clips=int(demo_cfg.get("eval_clips", 4)), seed=int(cfg.seed),
+                                       estimator_steps=int(demo_cfg.get("estimator_steps", 300)),
+                                       stage1_ckpt=summary["checkpoints"].get("motion"))
+    return summary
