@@ -1,11 +1,18 @@
-"""Command line of `python -m preprocess` (run from the repository root)."""
+"""Command line of `python -m preprocess` (run from the repository root). A user error (bad arguments, a missing
+landmark model, an input that is not a folder) prints `pdfgc preprocess: error: <one line>` and exits with status 2,
+as every pdfgc entry point does (`pdfgc.errors.report_user_errors`); bad clips are never errors of the run."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from pdfgc.errors import UserError, report_user_errors
 
 from .clip import ClipOptions
+
+
+class LandmarkBackendMissing(UserError, ImportError):
+    """The chosen landmark backend's package is not installed."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from .run import RunConfig, finalize, print_report, run
+    with report_user_errors("preprocess"):
+        return _main(args)
 
+
+def _main(args) -> int:
+    from .run import PreprocessError, RunConfig, finalize, print_report, run
+
+    if args.split_file and not os.path.isfile(args.split_file):
+        raise PreprocessError(f"--split-file {args.split_file}: no such file (one test identity per line)")
     if args.finalize_only:
         print_report(finalize(args.output, args.test_fraction, args.split_file))
         return 0
@@ -72,24 +86,18 @@ def main(argv=None) -> int:
     # failure per clip
     from pdfgc.data import landmarks as L
 
+    package = "dlib" if args.backend == "dlib" else "face_alignment"
     try:
-        if args.backend == "dlib":
-            import dlib  # noqa: F401
-
-            L.find_dlib_predictor(args.dlib_model)
-        else:
-            import face_alignment  # noqa: F401
-
-            L.find_face_alignment_weights(args.fa_weights)
-    except (L.LandmarkModelMissing, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        run(RunConfig(input=args.input, output=args.output, workers=args.workers, shard=args.shard,
-                      num_shards=args.num_shards, retry_failed=args.retry_failed, limit=args.limit,
-                      test_fraction=args.test_fraction, split_file=args.split_file,
-                      progress=not args.no_progress, opts=opts, backend_kwargs=bk))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        __import__(package)
+    except ImportError as e:
+        raise LandmarkBackendMissing(f"--backend {args.backend}: cannot import {package} ({e}); install it (see "
+                                     "preprocess/README.md) or choose the other backend") from e
+    if args.backend == "dlib":  # raises LandmarkModelMissing (a UserError) naming where the file is looked for
+        L.find_dlib_predictor(args.dlib_model)
+    else:
+        L.find_face_alignment_weights(args.fa_weights)
+    run(RunConfig(input=args.input, output=args.output, workers=args.workers, shard=args.shard,
+                  num_shards=args.num_shards, retry_failed=args.retry_failed, limit=args.limit,
+                  test_fraction=args.test_fraction, split_file=args.split_file,
+                  progress=not args.no_progress, opts=opts, backend_kwargs=bk))
     return 0  # bad clips are reported (manifest, report.json), never an error of the run

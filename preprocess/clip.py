@@ -15,8 +15,9 @@ import numpy as np
 
 from pdfgc.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
 
+from pdfgc.data import clipstore
+
 from . import factors as F
-from . import store
 
 AUDIO_SUFFIXES = (".wav", ".m4a", ".aac", ".flac", ".mp3", ".ogg")
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
@@ -78,7 +79,7 @@ def _timed(timings: dict, name: str, t0: float) -> float:
 
 
 def build_clip(src: Path, backend, opts: ClipOptions, timings: dict | None = None) -> tuple[dict, dict]:
-    """All arrays of one clip file (see `preprocess.store`) and a summary dict. Raises ClipSkipped.
+    """All arrays of one clip file (the format of `pdfgc.data.clipstore`) and a summary dict. Raises ClipSkipped.
 
     timings (optional) accumulates seconds per step: decode, audio, landmarks, align, factors, encode.
     """
@@ -127,10 +128,10 @@ def build_clip(src: Path, backend, opts: ClipOptions, timings: dict | None = Non
     fac = F.clip_factors(res.landmarks, opts.image_size)
     t0 = _timed(timings, "factors", t0)
 
-    jpeg, offsets = store.encode_jpeg_frames(res.frames, opts.jpeg_quality)
+    jpeg, offsets = clipstore.encode_jpeg_frames(res.frames, opts.jpeg_quality)
     arrays = {
         "jpeg": jpeg, "jpeg_offsets": offsets,
-        "audio": np.round(np.clip(wav, -1.0, 1.0) * 32767.0).astype(np.int16),
+        "audio": clipstore.pcm16(wav),
         "mel": mel.astype(np.float32),
         "landmarks": res.landmarks.astype(np.float32),
         "landmarks_src": lm_src.astype(np.float32),
@@ -153,12 +154,12 @@ def process_clip(src, key: str, identity: str, out_dir, backend, opts: ClipOptio
     try:
         arrays, summary = build_clip(src, backend, opts, timings)
         meta = {**rec, **summary, "fps": FPS, "sample_rate": SAMPLE_RATE,
-                "version": store.FORMAT_VERSION, "options": opts.to_dict()}
+                "version": clipstore.FORMAT_VERSION, "options": opts.to_dict()}
         t0 = time.perf_counter()
-        store.write_clip(store.clip_path(out_dir, key), arrays, meta)
+        clipstore.write_clip(clipstore.clip_path(out_dir, key), arrays, meta)
         if timings is not None:
             timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
-        rec.update(status="ok", reason="", path=f"{store.CLIPS_DIR}/{key}.npz", **summary)
+        rec.update(status="ok", reason="", path=clipstore.clip_relpath(key), **summary)
     except ClipSkipped as e:
         rec.update(status=e.status, reason=e.reason, detail=e.detail)
     except Exception as e:  # a bug or an unforeseen file problem: record it, keep the run going

@@ -11,12 +11,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdfgc.data import clipstore
 from pdfgc.data.video import VIDEO_EXTENSIONS
+from pdfgc.errors import UserError
 
-from . import store
 from .clip import ClipOptions, process_clip
 
 _ID_RE = re.compile(r"^id\d+$")
+
+
+class PreprocessError(UserError, ValueError):
+    """A problem with the run's arguments or input folder (the command line reports it in one line, exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ def discover(input_dir) -> list[ClipTask]:
     """Every video file under `input_dir` (recursively; extensions of pdfgc.data.video), sorted by key."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--input {root}: not a folder; pass the VoxCeleb2 root (id*/video_id/*.mp4) or any "
+        raise PreprocessError(f"--input {root}: not a folder; pass the VoxCeleb2 root (id*/video_id/*.mp4) or any "
                                 "folder of videos")
     tasks = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -55,7 +60,7 @@ def discover(input_dir) -> list[ClipTask]:
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
         dup = sorted(k for k, c in Counter(keys).items() if c > 1)[:5]
-        raise ValueError(f"--input {root}: several videos share a name up to the extension ({dup}); rename them")
+        raise PreprocessError(f"--input {root}: several videos share a name up to the extension ({dup}); rename them")
     return tasks
 
 
@@ -175,14 +180,14 @@ class RunConfig:
 def pending_tasks(tasks: list[ClipTask], out_dir, retry_failed: bool) -> tuple[list[ClipTask], int]:
     """Tasks not finished yet: no record, or (with retry_failed) a failed/skipped record, or an ok record whose file
     is gone. Returns (pending, number already finished)."""
-    recs = store.read_records(out_dir)
+    recs = clipstore.read_records(out_dir)
     todo, done = [], 0
     for t in tasks:
         r = recs.get(t.key)
         if r is None:
             todo.append(t)
         elif r.get("status") == "ok":
-            if store.clip_path(out_dir, t.key).is_file():
+            if clipstore.clip_path(out_dir, t.key).is_file():
                 done += 1
             else:
                 todo.append(t)
@@ -200,7 +205,7 @@ def _cleanup_temp(out_dir: Path, older_than_s: float = STALE_TEMP_S) -> int:
     # temp files of clips that were in flight when a previous run was killed. Only old ones: other machines of a
     # sharded run may be writing into the same folder right now.
     n = 0
-    clips = out_dir / store.CLIPS_DIR
+    clips = out_dir / clipstore.CLIPS_DIR
     now = time.time()
     if clips.is_dir():
         for p in clips.rglob(".tmp_*"):
@@ -216,12 +221,12 @@ def _cleanup_temp(out_dir: Path, older_than_s: float = STALE_TEMP_S) -> int:
 def run(cfg: RunConfig) -> dict:
     """Preprocess every pending clip of this machine shard, then merge manifests; returns the report dict."""
     if not 0 <= cfg.shard < cfg.num_shards:
-        raise ValueError(f"--shard {cfg.shard} must lie in [0, --num-shards {cfg.num_shards})")
+        raise PreprocessError(f"--shard {cfg.shard} must lie in [0, --num-shards {cfg.num_shards})")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     _cleanup_temp(out)
-    part = out / store.MANIFEST_DIR / store.part_name(cfg.shard, cfg.num_shards)
-    store.repair_jsonl(part)  # a run killed mid-write leaves a torn last line
+    part = out / clipstore.MANIFEST_DIR / clipstore.part_name(cfg.shard, cfg.num_shards)
+    clipstore.repair_jsonl(part)  # a run killed mid-write leaves a torn last line
     all_tasks = discover(cfg.input)
     mine = [t for t in all_tasks if shard_of(t.key, cfg.num_shards) == cfg.shard]
     todo, already = pending_tasks(mine, out, cfg.retry_failed)
@@ -240,7 +245,7 @@ def run(cfg: RunConfig) -> dict:
 
     def consume(rec: dict) -> None:
         nonlocal frames
-        store.append_record(part, rec)
+        clipstore.append_record(part, rec)
         counts[rec["status"]] += 1
         if rec["status"] != "ok":
             reasons[f"{rec['status']}:{rec['reason']}"] += 1
@@ -266,7 +271,7 @@ def run(cfg: RunConfig) -> dict:
                           "seconds": round(elapsed, 2), "frames": frames,
                           "clips_per_s": round(sum(counts.values()) / elapsed, 3) if elapsed > 0 else None,
                           "shard": cfg.shard, "num_shards": cfg.num_shards}
-    store.atomic_write_bytes(out / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
+    clipstore.write_bytes(out / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
     print_report(report, file=sys.stderr)
     return report
 
@@ -275,19 +280,16 @@ def finalize(out_dir, test_fraction: float = 0.02, split_file: str | None = None
     """Merge the manifest parts into `manifest.jsonl` (sorted, latest record per clip, timing fields dropped) and
     write identity split lists `splits/{train,test}.txt`. Idempotent; safe to run while other shards still work."""
     out = Path(out_dir)
-    recs = store.read_records(out)
-    lines = []
-    for k in sorted(recs):
-        r = {kk: v for kk, v in recs[k].items() if kk not in ("time_s", "traceback")}
-        lines.append(json.dumps(r, sort_keys=True))
-    store.atomic_write_bytes(out / "manifest.jsonl", "".join(x + "\n" for x in lines).encode())
+    recs = clipstore.read_records(out)
+    clipstore.write_jsonl(out / clipstore.MANIFEST, [{kk: v for kk, v in recs[k].items()
+                                                      if kk not in ("time_s", "traceback")} for k in sorted(recs)])
     ids = sorted({r["identity"] for r in recs.values() if r.get("status") == "ok"})
     if split_file:
-        test_ids = set(store.read_split(split_file))
+        test_ids = set(clipstore.read_split(split_file))
     else:
         test_ids = {i for i in ids if is_test_identity(i, test_fraction)}
-    store.write_lines(out / "splits" / "train.txt", [i for i in ids if i not in test_ids])
-    store.write_lines(out / "splits" / "test.txt", [i for i in ids if i in test_ids])
+    clipstore.write_lines(clipstore.split_path(out, "train"), [i for i in ids if i not in test_ids])
+    clipstore.write_lines(clipstore.split_path(out, "test"), [i for i in ids if i in test_ids])
     status = Counter(r.get("status") for r in recs.values())
     reasons = Counter(f"{r.get('status')}:{r.get('reason')}" for r in recs.values() if r.get("status") != "ok")
     return {"total": {"clips": len(recs), "ok": status["ok"], "skipped": status["skipped"],

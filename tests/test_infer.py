@@ -62,15 +62,11 @@ def assets(tmp_path_factory):
     return {"dir": d, "ckpt": d / "ckpt", "photo": d / "astronaut.png", "wav": d / "speech.wav", "video": video}
 
 
-def config(assets, **overrides):
-    """Compose configs/infer.yaml exactly as `python infer.py key=value ...` does, as a plain dict."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def config(**overrides):
+    """Compose configs/infer.yaml exactly as `python infer.py key=value ...` does -> InferenceSettings."""
+    from pdfgc.pipeline.cli import compose_settings
 
-    args = [f"{k}={v}" for k, v in overrides.items()]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose(config_name="infer", overrides=args)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return compose_settings([f"{k}={v}" for k, v in overrides.items()], config_dir=ROOT / "configs")
 
 
 def base(assets, out, **kw):
@@ -78,17 +74,106 @@ def base(assets, out, **kw):
     args = dict(ckpt=str(assets["ckpt"]), audio=str(assets["wav"]), source=str(assets["photo"]), pose=v, exp=v,
                 eye=v, out=str(out), progress="false")
     args.update(kw)
-    return config(assets, **args)
+    return config(**args)
 
 
-def test_config_values_match_constants():
+def test_defaults_are_written_once_and_match_the_reference():
+    """configs/infer.yaml types no value: it builds on the structured config of `InferenceSettings`, whose
+    defaults are the reference's (SPEC 1.10 seed, batch 8, all controls)."""
     from omegaconf import OmegaConf
 
     from pdfgc.constants import REFERENCE_BATCH, REFERENCE_SEED
+    from pdfgc.models.latent import Controls
 
-    cfg = OmegaConf.load(ROOT / "configs" / "infer.yaml")
-    assert cfg.batch_size == REFERENCE_BATCH and cfg.seed == REFERENCE_SEED
-    assert cfg.hydra.job.chdir is False and list(cfg.controls) == ["all"]
+    yaml = OmegaConf.load(ROOT / "configs" / "infer.yaml")
+    assert list(yaml.keys()) == ["defaults"] and list(yaml.defaults) == ["infer_schema", "_self_"]
+    s = config()
+    assert s.batch_size == REFERENCE_BATCH == 8 and s.seed == REFERENCE_SEED == 20202001
+    assert s.controls == Controls.all() and s.device == "auto" and s.precision == "fp32" and s.layout == "video"
+    assert s.aligned == "auto" and s.noise_mode == "cached" and s.out == "result.mp4" and s.ckpt is None
+
+
+@pytest.mark.parametrize("override,match", [
+    ("batch_size=abc", r"^batch_size=abc: batch_size expects an integer"),
+    ("seed=abc", r"^seed=abc: seed expects an integer"),
+    ("sync_fix=maybe", r"^sync_fix=maybe: sync_fix expects true or false"),
+    ("controls=5", r"^controls: expected a list of control names, got 5"),
+    ("controls=[mouth,smile]", r"^controls: unknown control 'smile'"),
+    ("device=tpu", r"^device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("batch_size=0", r"^batch_size: expected an integer >= 1, got 0"),
+    ("precision=fp8", r"^precision: expected one of fp32, bf16, fp16, got 'fp8'"),
+    ("noise_mode=random", r"^noise_mode: expected one of cached, const, none"),
+    ("layout=grid", r"^layout: expected one of video, panel"),
+    ("aligned=maybe", r"^aligned: expected true, false or auto"),
+    ("batchsize=4", r"^unknown setting 'batchsize'; did you mean batch_size\?"),
+    ("+colour=red", r"^unknown setting 'colour'"),
+])
+def test_bad_settings_are_one_line_and_exit_2_before_any_loading(override, match, tmp_path, capsys, monkeypatch):
+    """An unknown key, a wrong type or a bad value: `pdfgc infer: error: <one line>`, exit status 2, and nothing
+    loaded (the checkpoint loader would fail the test)."""
+    from pdfgc.models.bundle import PDFGCModels
+    from pdfgc.pipeline.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("checkpoint loaded before the settings were checked")
+
+    monkeypatch.setattr(PDFGCModels, "from_pretrained", boom)
+    with pytest.raises(SystemExit) as e:
+        main([f"ckpt={tmp_path}", "audio=a.wav", "source=s.png", override], config_dir=ROOT / "configs")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pdfgc infer: error: ")
+    import re
+
+    assert re.search(match, err[len("pdfgc infer: error: "):]), err
+
+
+def test_infer_script_reports_a_wrong_type_in_one_line(tmp_path):
+    """The real script: Hydra's own multi-line report (exit 1) never shows; one line, exit 2, nothing written."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(ROOT / "infer.py"), "ckpt=nope", "audio=a.wav", "source=s.png",
+                        "batch_size=abc"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == ("pdfgc infer: error: batch_size=abc: batch_size expects an integer (Value 'abc' of type "
+                        "'str' could not be converted to Integer)\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_controls_are_parsed_once_per_run(assets, monkeypatch):
+    """The whole `infer.py` path parses the user's controls exactly once (when the settings are built); the
+    Pipeline and everything below receive the `Controls`."""
+    from pdfgc.models.latent import Controls
+    from pdfgc.pipeline import Pipeline
+    from pdfgc.pipeline.cli import run_inference
+
+    parsed = []
+    real = Controls.parse.__func__
+    monkeypatch.setattr(Controls, "parse", classmethod(lambda cls, v: (parsed.append(v) if not isinstance(v, cls)
+                                                                       else None) or real(cls, v)))
+    from pdfgc.pipeline import PipelineOutput
+
+    calls = []
+
+    def fake_run(self, source, audio, drivers, s, out):  # what the Pipeline received, without running networks
+        calls.append(s.controls)
+        return PipelineOutput(frames=np.zeros((3, 8, 8, 3), np.uint8), fps=25.0, audio=np.zeros(1, np.float32))
+
+    monkeypatch.setattr(Pipeline, "_run", fake_run)
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, path, settings: cls(_Tiny(), settings)))
+    s = base(assets, assets["dir"] / "p.mp4", controls="[mouth,pose]", pose="null", exp="null", eye="null",
+             device="cpu")
+    run_inference(s)
+    assert parsed == [["mouth", "pose"]] and calls == [Controls(mouth=True, headpose=True)]
+
+
+class _Tiny:
+    """Just enough of PDFGCModels for Pipeline.__init__."""
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
 
 
 def test_infer_end_to_end_real_photo_speech_video(assets, capsys, monkeypatch):
@@ -134,14 +219,17 @@ def test_bf16_precision_from_the_command_line(assets, capsys):
 
 def test_fp16_on_cpu_is_refused_before_loading_the_checkpoint(assets, tmp_path):
     # the checkpoint folder does not exist: the precision error must come first, without loading anything
-    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(tmp_path / "nope"), device="cpu", precision="fp16"),
-                     "fp16 needs a CUDA device")
+    run_expect_error(assets, tmp_path / "o.mp4", "fp16 needs a CUDA device", ckpt=str(tmp_path / "nope"),
+                     device="cpu", precision="fp16")
+
+
+READ = dict(aligned="auto", landmarks="dlib", landmark_weights=None)  # InferenceSettings' reading defaults
 
 
 def aligned_face(assets):
     from pdfgc.pipeline import inputs
 
-    return inputs.load_source(assets["photo"])
+    return inputs.load_source(assets["photo"], **READ)
 
 
 def test_source_alignment_puts_the_face_on_the_template(assets):
@@ -162,7 +250,7 @@ def test_video_source_uses_its_aligned_first_frame(assets):
     from pdfgc.data.landmarks import detect_one, get_backend
     from pdfgc.pipeline import inputs
 
-    crop = inputs.load_source(assets["video"])  # 176x144 video -> aligned 224 crop of frame 0
+    crop = inputs.load_source(assets["video"], **READ)  # 176x144 video -> aligned 224 crop of frame 0
     assert crop.shape == (224, 224, 3)
     pts = three_points(detect_one(get_backend("dlib"), crop))
     assert np.abs(pts - np.asarray(ALIGN_TEMPLATE)).max() < 8.0
@@ -231,11 +319,13 @@ def test_mapping_network_never_runs(assets, pipe):
 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
-def run_expect_error(cfg, match):
-    from pdfgc.pipeline.cli import run_inference, user_error_types
+def run_expect_error(assets, out, match, **overrides):
+    """Compose the settings and run: a user error (`pdfgc.errors.UserError`) matching `match` is expected."""
+    from pdfgc.errors import UserError
+    from pdfgc.pipeline.cli import run_inference
 
-    with pytest.raises(user_error_types(), match=match) as e:
-        run_inference(cfg)
+    with pytest.raises(UserError, match=match) as e:
+        run_inference(base(assets, out, **overrides))
     print(type(e.value).__name__, e.value)
     return str(e.value)
 
@@ -244,21 +334,21 @@ def test_missing_checkpoint_file(assets, tmp_path):
     bad = tmp_path / "ckpt"
     shutil.copytree(assets["ckpt"], bad)
     (bad / "motion_model.pth").unlink()
-    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(bad)), "motion_model.pth")
-    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(tmp_path / "nope")), "nope")
+    run_expect_error(assets, tmp_path / "o.mp4", "motion_model.pth", ckpt=str(bad))
+    run_expect_error(assets, tmp_path / "o.mp4", "nope", ckpt=str(tmp_path / "nope"))
 
 
 def test_corrupt_checkpoint_file(assets, tmp_path):
     bad = tmp_path / "ckpt"
     shutil.copytree(assets["ckpt"], bad)
     (bad / "generator_model.pth").write_bytes(b"this is not a torch file")
-    run_expect_error(base(assets, tmp_path / "o.mp4", ckpt=str(bad)), "generator_model.pth")
+    run_expect_error(assets, tmp_path / "o.mp4", "generator_model.pth", ckpt=str(bad))
 
 
 def test_unreadable_audio(assets, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
-    run_expect_error(base(assets, tmp_path / "o.mp4", audio=str(bad)), "bad.wav")
+    run_expect_error(assets, tmp_path / "o.mp4", "bad.wav", audio=str(bad))
 
 
 def test_empty_and_silent_and_short_audio(assets, tmp_path):
@@ -269,18 +359,18 @@ def test_empty_and_silent_and_short_audio(assets, tmp_path):
     sf.write(str(silent), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
     sf.write(str(short), speech_like(0.05), SAMPLE_RATE)
     out = tmp_path / "o.mp4"
-    run_expect_error(base(assets, out, audio=str(empty)), "empty")
-    msg = run_expect_error(base(assets, out, audio=str(silent)), "silent")
+    run_expect_error(assets, out, "empty", audio=str(empty))
+    msg = run_expect_error(assets, out, "silent", audio=str(silent))
     assert "mouth" in msg  # says what to do
-    run_expect_error(base(assets, out, audio=str(short)), "too short")
+    run_expect_error(assets, out, "too short", audio=str(short))
     assert not out.exists() and not list(tmp_path.glob(".tmp_*"))
 
 
 def test_unreadable_image(assets, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
-    run_expect_error(base(assets, tmp_path / "o.mp4", source=str(bad), controls="[mouth]"),
-                     "broken.png: cannot read as an image")
+    run_expect_error(assets, tmp_path / "o.mp4", "broken.png: cannot read as an image", source=str(bad),
+                     controls="[mouth]")
 
 
 def test_image_without_a_face(assets, tmp_path):
@@ -289,7 +379,7 @@ def test_image_without_a_face(assets, tmp_path):
     grey = tmp_path / "grey.png"
     cv2.imwrite(str(grey), np.full((300, 300, 3), 128, np.uint8))
     out = tmp_path / "o.mp4"
-    run_expect_error(base(assets, out, source=str(grey), controls="[mouth]"), "no face")
+    run_expect_error(assets, out, "no face", source=str(grey), controls="[mouth]")
     assert not out.exists()
 
 
@@ -300,7 +390,7 @@ def test_image_with_two_faces(assets, tmp_path):
     face = skimage.data.astronaut()[0:256, 96:352]
     two = tmp_path / "two.png"
     cv2.imwrite(str(two), np.concatenate([face, face], axis=1)[:, :, ::-1])
-    run_expect_error(base(assets, tmp_path / "o.mp4", source=str(two), controls="[mouth]"), "2 faces")
+    run_expect_error(assets, tmp_path / "o.mp4", "2 faces", source=str(two), controls="[mouth]")
 
 
 def test_driver_folder_mismatched_sizes_and_empty(assets, tmp_path):
@@ -310,16 +400,16 @@ def test_driver_folder_mismatched_sizes_and_empty(assets, tmp_path):
     folder.mkdir()
     cv2.imwrite(str(folder / "0001.png"), np.zeros((224, 224, 3), np.uint8))
     cv2.imwrite(str(folder / "0002.png"), np.zeros((200, 180, 3), np.uint8))
-    run_expect_error(base(assets, tmp_path / "o.mp4", pose=str(folder), controls="[headpose]"),
-                     r"0001.png is 224x224 but 0002.png is 180x200")
+    run_expect_error(assets, tmp_path / "o.mp4", r"0001.png is 224x224 but 0002.png is 180x200", pose=str(folder),
+                     controls="[headpose]")
     empty = tmp_path / "empty"
     empty.mkdir()
-    run_expect_error(base(assets, tmp_path / "o.mp4", eye=str(empty), controls="[blink]"), "holds no images")
+    run_expect_error(assets, tmp_path / "o.mp4", "holds no images", eye=str(empty), controls="[blink]")
 
 
 def test_on_control_without_driver_and_unknown_control(assets, tmp_path):
-    run_expect_error(base(assets, tmp_path / "o.mp4", pose="null", controls="[headpose]"), "no pose driver")
-    run_expect_error(base(assets, tmp_path / "o.mp4", controls="[mouth,smile]"), "unknown control 'smile'")
+    run_expect_error(assets, tmp_path / "o.mp4", "no pose driver", pose="null", controls="[headpose]")
+    run_expect_error(assets, tmp_path / "o.mp4", "unknown control 'smile'", controls="[mouth,smile]")
 
 
 def test_output_folder_missing_is_checked_before_any_work(assets, tmp_path, monkeypatch):
@@ -329,7 +419,7 @@ def test_output_folder_missing_is_checked_before_any_work(assets, tmp_path, monk
         raise AssertionError("checkpoint loaded before the output path was checked")
 
     monkeypatch.setattr(Pipeline, "from_pretrained", boom)
-    msg = run_expect_error(base(assets, tmp_path / "missing" / "o.mp4"), "does not exist")
+    msg = run_expect_error(assets, tmp_path / "missing" / "o.mp4", "does not exist")
     assert "mkdir" in msg
 
 
@@ -345,8 +435,8 @@ def test_infer_script_exits_2_with_one_line_and_no_traceback(assets, tmp_path):
 
 def test_face_alignment_backend_without_weights_says_where_to_get_them(assets, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # an empty cache: nothing may be downloaded
-    msg = run_expect_error(base(assets, tmp_path / "o.mp4", landmarks="face_alignment", controls="[mouth]"),
-                           "landmarks=face_alignment")
+    msg = run_expect_error(assets, tmp_path / "o.mp4", "landmarks=face_alignment", landmarks="face_alignment",
+                           controls="[mouth]")
     assert "2DFAN4" in msg and "landmarks=dlib" in msg and "landmark_weights=DIR" in msg
 
 

@@ -299,17 +299,21 @@ def test_assemble_style_order():
 
 def test_control_masks_match_reference_flags():
     # SPEC 1.7: blink off -> eye * (0,0,1,1,0,0); gaze off -> eye * (1,1,0,0,1,1)
-    assert eye_mask(["gaze"]).tolist() == [0, 0, 1, 1, 0, 0]
-    assert eye_mask(["blink"]).tolist() == [1, 1, 0, 0, 1, 1]
-    assert eye_mask(["blink", "gaze"]).tolist() == [1] * 6
-    assert eye_mask([]).tolist() == [0] * 6
+    from pdfgc.models.latent import Controls
+
+    assert eye_mask(Controls(gaze=True), 6).tolist() == [0, 0, 1, 1, 0, 0]
+    assert eye_mask(Controls(blink=True), 6).tolist() == [1, 1, 0, 0, 1, 1]
+    assert eye_mask(Controls(blink=True, gaze=True), 6).tolist() == [1] * 6
+    assert eye_mask(Controls(), 6).tolist() == [0] * 6
     lip, emo, eye, pose = torch.ones(2, 500), torch.ones(2, 30), torch.arange(1.0, 7.0).expand(2, 6), torch.ones(2, 6)
-    l2, e2, y2, p2 = apply_controls(lip, emo, eye, pose, ["mouth", "gaze"])
+    l2, e2, y2, p2 = apply_controls(lip, emo, eye, pose, Controls(mouth=True, gaze=True))
     assert l2.sum() == 1000 and e2.sum() == 0 and p2.sum() == 0 and y2[0].tolist() == [0, 0, 3, 4, 0, 0]
-    out = apply_controls(lip, emo, eye, pose, "all")
+    out = apply_controls(lip, emo, eye, pose, Controls.all())
     assert all(torch.equal(a, b) for a, b in zip(out, (lip, emo, eye, pose)))
     with pytest.raises(ValueError, match="unknown control 'smile'"):
-        apply_controls(lip, emo, eye, pose, ["smile"])
+        Controls.parse(["smile"])
+    with pytest.raises(TypeError, match="Controls"):  # user strings are parsed once, at the boundary
+        apply_controls(lip, emo, eye, pose, ["mouth"])
 
 
 def test_generator_fused_path_gradients_and_inference_path_match_grouped():

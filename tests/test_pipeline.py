@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pdfgc.constants import APP_DIM, EMO_DIM, EYE_DIM, LIP_DIM, STYLE_DIM
-from pdfgc.pipeline import Pipeline, PipelineError
+from pdfgc.pipeline import Controls, InferenceSettings, Pipeline, PipelineError
 from pdfgc.pipeline.core import to_uint8
 
 S = 16
@@ -66,6 +66,7 @@ class SpyGenerator(nn.Module):
 
 class SpyModels(nn.Module):
     image_size = S
+    code_dims = {"app": APP_DIM, "lip": LIP_DIM, "emo": EMO_DIM, "eye": EYE_DIM, "pose": EYE_DIM}
 
     def __init__(self):
         super().__init__()
@@ -198,6 +199,86 @@ def test_bad_tensor_shapes_are_clear_errors():
         pipe.generate(torch.zeros(1, 3, 8, 8), mel(2), controls=[])
     with pytest.raises(PipelineError, match=r"pose: expected a float tensor \(L,3,16,16\)"):
         pipe.generate(torch.zeros(1, 3, S, S), mel(2), pose=torch.zeros(2, 3, 8, 8), controls=["headpose"])
+
+
+def test_code_sizes_come_from_the_model_not_from_constants():
+    """A model variant with other code widths (lip 7, emo 3, eye 6, pose 4): the off controls' zero codes take the
+    model's widths, so the style vector is [app | 7 | 3 | 6 | 4] wide."""
+    dims = {"app": 5, "lip": 7, "emo": 3, "eye": 6, "pose": 4}
+
+    class Narrow(SpyModels):
+        code_dims = dims
+
+    models = Narrow()
+    models.appearance.forward = lambda x: (torch.ones(1, 5), torch.zeros(x.shape[0], 8, 7, 7))
+    seen = []
+    models.generator.forward = lambda style, spatial, noise_mode, rng: seen.append(style) or \
+        torch.zeros(style.shape[0], 3, S, S)
+    Pipeline(models, device="cpu").generate(torch.zeros(1, 3, S, S), mel(3), controls=[])
+    assert seen[0].shape == (3, sum(dims.values()))
+    assert torch.equal(seen[0][:, :5], torch.ones(3, 5)) and not seen[0][:, 5:].any()
+
+
+def test_controls_are_parsed_at_the_boundary_only():
+    """`generate` parses user input once (`Controls.parse`); the functions below it take a `Controls` and refuse a
+    string or a list, so nothing can be re-parsed further down."""
+    from pdfgc.models.latent import apply_controls, eye_mask
+
+    pipe = Pipeline(SpyModels(), device="cpu")
+    z = torch.zeros(2, 6)
+    for bad in ("all", ["mouth"], None):
+        with pytest.raises(TypeError, match="Controls"):
+            pipe.encode_motion({}, 3, bad)
+        with pytest.raises(TypeError, match="Controls"):
+            apply_controls(z, z, z, z, bad)
+        with pytest.raises(TypeError, match="Controls"):
+            eye_mask(bad, 6)
+    with pytest.raises(TypeError, match="Controls"):
+        pipe._generate(torch.zeros(1, 3, S, S), mel(2), {}, "all", True, False, False, False)
+    # the same request as a string, a list and a Controls gives the same style
+    eye = driver([0, 0, 0.5])
+    styles = [run(c, 3, eye=eye)[0] for c in ("gaze,mouth", ["mouth", "gaze"], Controls(mouth=True, gaze=True))]
+    assert torch.equal(styles[0], styles[1]) and torch.equal(styles[0], styles[2])
+
+
+def test_settings_defaults_drive_the_pipeline():
+    """`Pipeline(models)` takes every default from `InferenceSettings`; `generate(controls=None)` uses the
+    pipeline's controls; settings are checked once, where they are given."""
+    pipe = Pipeline(SpyModels(), device="cpu")
+    d = InferenceSettings()
+    assert (pipe.batch_size, pipe.seed, pipe.noise_mode, pipe.precision) == (d.batch_size, d.seed, d.noise_mode,
+                                                                             d.precision) == (8, 20202001, "cached",
+                                                                                              "fp32")
+    models = SpyModels()
+    Pipeline(models, device="cpu", controls=["headpose"]).generate(torch.zeros(1, 3, S, S), mel(3),
+                                                                    pose=driver([0.4]))
+    style = torch.cat(models.generator.styles)
+    assert not style[:, LIP0:POSE0].any() and style[:, POSE0].tolist() == pytest.approx([0.4] * 3)
+    with pytest.raises(TypeError, match="unknown inference setting.*batchsize"):
+        Pipeline(SpyModels(), batchsize=4)
+    for bad, match in ((dict(batch_size=0), "batch_size: expected an integer >= 1"),
+                       (dict(batch_size="8"), "batch_size: expected an integer"),
+                       (dict(seed=1.5), "seed: expected an integer"),
+                       (dict(noise_mode="random"), "noise_mode: expected one of cached, const, none"),
+                       (dict(device="tpu"), "device: expected auto, cpu"),
+                       (dict(layout="grid"), "layout: expected one of video, panel")):
+        with pytest.raises(PipelineError, match=match):
+            Pipeline(SpyModels(), **bad)
+    with pytest.raises(TypeError, match="batch_size are fixed when the Pipeline is built"):
+        pipe(np.zeros((S, S, 3), np.uint8), np.zeros(16000, np.float32), batch_size=4)
+
+
+def test_bf16_warning_once_per_pipeline(monkeypatch, caplog):
+    """On a CPU without native bfloat16 the slow-bf16 warning comes once per Pipeline built (not per call, and not
+    hidden by a process-wide flag)."""
+    from pdfgc.pipeline import core
+
+    monkeypatch.setattr(core, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="pdfgc.pipeline.core"):
+        pipes = [Pipeline(SpyModels(), device="cpu", precision="bf16") for _ in range(2)]
+        pipes[0].generate(torch.zeros(1, 3, S, S), mel(2), controls=[])
+        Pipeline(SpyModels(), device="cpu", precision="fp32")
+    assert sum("no native bfloat16" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_identical_driver_frames_are_encoded_once():

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from pdfgc.pipeline.controls import (apply_controls, driver_indices, eye_mask, gaussian_kernel, leading_drop,
-                                     parse_controls, smooth_lip, smooth_pose)
+from pdfgc.models.latent import Controls, ControlsError, apply_controls, eye_mask
+from pdfgc.pipeline.controls import driver_indices, gaussian_kernel, leading_drop, smooth_lip, smooth_pose
 from pdfgc.pipeline.errors import PipelineError
+
+parse_controls = Controls.parse
 
 # Gaussian, size 3, sigma 1, normalised: side weight e^-1/2 / (1 + 2 e^-1/2), centre 1 / (1 + 2 e^-1/2)
 SIDE = math.exp(-0.5) / (1 + 2 * math.exp(-0.5))
@@ -65,8 +67,16 @@ def test_parse_controls():
     assert parse_controls(["none"]).names() == ()
     assert parse_controls("mouth,pose").names() == ("mouth", "headpose")
     assert parse_controls(["emotion", "gaze"]).names() == ("gaze", "emo")
-    with pytest.raises(PipelineError, match="unknown control 'smile'.*mouth, blink, gaze, emo, headpose"):
+    with pytest.raises(ControlsError, match="unknown control 'smile'.*mouth, blink, gaze, emo, headpose"):
         parse_controls(["mouth", "smile"])
+    # not a list of names (e.g. `controls=5` on the command line): one clear error, not a crash further down
+    for bad in (5, 1.0, [1, 2], {"mouth": True}):
+        with pytest.raises(ControlsError, match="controls: expected"):
+            parse_controls(bad)
+    c = Controls(mouth=True)
+    assert parse_controls(c) is c and Controls.all() == all_on
+    with pytest.raises(TypeError, match="bool"):
+        Controls(mouth="yes")
 
 
 def test_driver_needs_follow_controls():
@@ -83,7 +93,7 @@ def test_driver_needs_follow_controls():
     ([], [0, 0, 0, 0, 0, 0]),
 ])
 def test_eye_mask(names, mask):
-    assert eye_mask(parse_controls(names)).tolist() == mask
+    assert eye_mask(parse_controls(names), 6).tolist() == mask
 
 
 def test_apply_controls_zeroes_off_codes():

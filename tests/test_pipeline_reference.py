@@ -31,7 +31,7 @@ def _compare(model: str, n: int, lengths, tol: float):
     drivers = [torch.rand(L, 3, size, size, generator=g) * 2 - 1 for L in lengths]
     with torch.inference_mode():
         ref = bench.reference_generate(ref_models, src, mel, *drivers, 8, torch.device("cpu"), {})
-        ours = Pipeline(ours_models, batch_size=8).generate(src, mel, *drivers, controls=["all"])
+        ours = Pipeline(ours_models, device="cpu", batch_size=8).generate(src, mel, *drivers, controls=["all"])
     assert ours.shape == ref.shape == (n, 3, size, size)
     assert (ours - ref).abs().max().item() < tol
 

@@ -234,6 +234,35 @@ def test_cli_reports_every_clip_and_never_crashes(reference_run):
     assert sorted(train + test) == ["id00001", "id00002", "id00003"] and not set(train) & set(test)
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--input", "{tmp}/nope", "--output", "{tmp}/out"], "--input {tmp}/nope: not a folder"),
+    (["--input", "{tmp}", "--output", "{tmp}/out", "--shard", "3", "--num-shards", "2"],
+     "--shard 3 must lie in [0, --num-shards 2)"),
+    (["--input", "{tmp}", "--output", "{tmp}/out", "--split-file", "{tmp}/ids.txt"],
+     "--split-file {tmp}/ids.txt: no such file"),
+    (["--input", "{tmp}", "--output", "{tmp}/out", "--dlib-model", "{tmp}/lm.dat"], "{tmp}/lm.dat"),
+])
+def test_cli_user_errors_are_one_line_exit_2(argv, message, tmp_path, capsys):
+    """Bad arguments are reported like every pdfgc command: `pdfgc preprocess: error: <one line>`, status 2."""
+    from preprocess.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([a.format(tmp=tmp_path) for a in argv] + ["--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("pdfgc preprocess: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err
+
+
+def test_pack_without_ok_clips_is_one_line_exit_2(tmp_path, capsys):
+    from preprocess.pack import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"pdfgc preprocess.pack: error: {tmp_path}: no ok clip in the manifest; " \
+                                       "run `python -m preprocess` first\n"
+
+
 def test_clip_file_contents(reference_run):
     from pdfgc.constants import ALIGN_TEMPLATE
     from pdfgc.data.align import three_points

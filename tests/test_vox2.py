@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from preprocess import store
+from pdfgc.data import clipstore
 
 from pdfgc.data.sources import FACTOR_KEYS, check_source
 from pdfgc.data.vox2 import Vox2Source
@@ -27,7 +27,7 @@ def _write(root: Path, key: str, identity: str, clip: int, t: int, status: str =
     rec = {"key": key, "identity": identity, "status": status, "reason": "" if status == "ok" else "no_face"}
     if status == "ok":
         frames = np.stack([_frame(i, clip) for i in range(t)])
-        jpeg, off = store.encode_jpeg_frames(frames, 95)
+        jpeg, off = clipstore.encode_jpeg_frames(frames, 95)
         pose = np.zeros((t, 6), np.float32)
         pose[:, 0] = np.arange(t) * 0.01 + clip  # yaw encodes (clip, frame) so the test can check the lookup
         arrays = {"jpeg": jpeg, "jpeg_offsets": off, "mel": np.full((4 * t + 7, 80), 0.5, np.float32),
@@ -36,7 +36,7 @@ def _write(root: Path, key: str, identity: str, clip: int, t: int, status: str =
                   "eye_box": np.tile(np.float32([0.3, 0.2, 0.7, 0.35]), (t, 1)),
                   "mouth_box": np.tile(np.float32([0.4, 0.5, 0.6, 0.6]), (t, 1)),
                   "landmarks": np.full((t, 68, 2), 112.0, np.float32)}
-        store.write_clip(store.clip_path(root, key), arrays, {"key": key, "image_size": S})
+        clipstore.write_clip(clipstore.clip_path(root, key), arrays, {"key": key, "image_size": S})
         rec.update(num_frames=t, image_size=S, path=f"clips/{key}.npz")
     return rec
 
@@ -48,7 +48,7 @@ def dataset(tmp_path_factory):
             _write(root, "id00009/b/00001", "id00009", 2, 30), _write(root, "id00011/c/00001", "id00011", 3, 30),
             _write(root, "id00011/c/00002", "id00011", 4, 30, status="skipped")]
     for i, r in enumerate(recs):  # as two machine shards wrote them
-        store.append_record(root / "manifest" / store.part_name(i % 2, 2), r)
+        clipstore.append_record(root / "manifest" / clipstore.part_name(i % 2, 2), r)
     return root
 
 
@@ -89,8 +89,8 @@ def test_factors_and_mel(dataset):
 
 def test_splits_by_identity(dataset, tmp_path):
     (dataset / "splits").mkdir(exist_ok=True)
-    store.write_lines(dataset / "splits" / "train.txt", ["id00007", "id00011"])
-    store.write_lines(dataset / "splits" / "test.txt", ["id00009"])
+    clipstore.write_lines(dataset / "splits" / "train.txt", ["id00007", "id00011"])
+    clipstore.write_lines(dataset / "splits" / "test.txt", ["id00009"])
     train, test = Vox2Source(dataset, split="train"), Vox2Source(dataset, split="test")
     assert [train.key(i) for i in range(len(train))] == ["id00007/a/00001", "id00007/a/00002", "id00011/c/00001"]
     assert [test.key(i) for i in range(len(test))] == ["id00009/b/00001"]
@@ -143,8 +143,8 @@ def test_vox2_config_builds_the_datamodule(dataset):
     from pdfgc.train.config import compose
 
     (dataset / "splits").mkdir(exist_ok=True)
-    store.write_lines(dataset / "splits" / "train.txt", ["id00007", "id00009", "id00011"])
-    store.write_lines(dataset / "splits" / "test.txt", ["id00009"])
+    clipstore.write_lines(dataset / "splits" / "train.txt", ["id00007", "id00009", "id00011"])
+    clipstore.write_lines(dataset / "splits" / "test.txt", ["id00009"])
     cfg = compose(["data=vox2", "stage=pose", "model=tiny", "data.num_workers=0", f"data.train_source.root={dataset}",
                    "data.batch_size=2", "data.train_source.min_frames=25"])
     assert cfg.data.val_source.root == str(dataset)

@@ -1,8 +1,8 @@
 """`Vox2Source`: the `ClipSource` over preprocessed VoxCeleb2 (or any video folder) written by `python -m preprocess`.
 
-Layout of the folder (see preprocess/store.py and datasets/README.md): `manifest.jsonl` (one record per clip, with
-`status`), `clips/<key>.npz` (JPEG frames + arrays), `splits/{train,test}.txt` (identity names). A clip whose file is
-absent is read from the tar shards of `python -m preprocess.pack` (`shards/index.jsonl`: shard, byte offset, size).
+The folder's format (`manifest.jsonl`, `clips/<key>.npz`, `splits/{train,test}.txt`, the tar shards of
+`python -m preprocess.pack`) is owned by `pdfgc.data.clipstore`, which the preprocessing writes with; this module only
+serves what it reads. A clip whose file is absent is read from the tar shards (`shards/index.jsonl`).
 
 Only clips with status "ok" whose identity is in the requested split are served. Identity labels are the index of
 the identity name in the sorted list of identities of the served clips (train and test labels are therefore separate
@@ -10,39 +10,14 @@ label spaces; the names are kept in `identity_names`).
 """
 from __future__ import annotations
 
-import io
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from pdfgc.data import clipstore
 from pdfgc.data.sources import empty_factors
-
-CLIP_KEYS = ("pose", "eye_open", "mouth", "eye_box", "mouth_box")  # factors stored per frame by preprocessing
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:  # a truncated last line of a killed writer
-                    continue
-    return out
-
-
-def _read_names(path: Path) -> list[str]:
-    names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.append(line)
-    return names
 
 
 class Vox2Source:
@@ -63,27 +38,18 @@ class Vox2Source:
         self.root = Path(root)
         if split not in ("train", "test", "all"):
             raise ValueError(f"Vox2Source: split must be 'train', 'test' or 'all', got {split!r}")
-        manifest = self.root / "manifest.jsonl"
-        if not manifest.is_file():
-            parts = sorted((self.root / "manifest").glob("part-*.jsonl"))
-            if not parts:
-                raise FileNotFoundError(
-                    f"Vox2Source: {manifest} not found; run `python -m preprocess --input VIDEOS --output {self.root}` "
-                    "first (or `--finalize-only` to merge the manifest parts of a sharded run)")
-            recs: dict[str, dict] = {}
-            for p in parts:
-                for r in _read_jsonl(p):
-                    recs[r["key"]] = r
-            records = [recs[k] for k in sorted(recs)]
-        else:
-            records = _read_jsonl(manifest)
+        if not clipstore.has_manifest(self.root):
+            raise FileNotFoundError(
+                f"Vox2Source: {self.root / clipstore.MANIFEST} not found; run `python -m preprocess --input VIDEOS "
+                f"--output {self.root}` first (or `--finalize-only` to merge the manifest parts of a sharded run)")
+        records = clipstore.load_manifest(self.root)
         ok = [r for r in records if r.get("status") == "ok" and int(r.get("num_frames", 0)) >= int(min_frames)]
         if split_file is not None or split != "all":
-            sf = Path(split_file) if split_file is not None else self.root / "splits" / f"{split}.txt"
+            sf = Path(split_file) if split_file is not None else clipstore.split_path(self.root, split)
             if not sf.is_file():
                 raise FileNotFoundError(f"Vox2Source: split list {sf} not found; rerun `python -m preprocess "
                                         f"--finalize-only --output {self.root}` or pass split='all'")
-            keep = set(_read_names(sf))
+            keep = set(clipstore.read_split(sf))
             ok = [r for r in ok if r["identity"] in keep]
         if not ok:
             raise ValueError(f"Vox2Source: no usable clip in {self.root} for split {split!r} (manifest holds "
@@ -93,11 +59,7 @@ class Vox2Source:
         self.identity_names = sorted({r["identity"] for r in self.records})
         self._label = {n: i for i, n in enumerate(self.identity_names)}
         self.split = split
-        self._packed: dict[str, tuple[str, int, int]] = {}
-        index = self.root / "shards" / "index.jsonl"
-        if index.is_file():
-            for r in _read_jsonl(index):
-                self._packed[r["key"]] = (r["shard"], int(r["offset"]), int(r["size"]))
+        self._packed = clipstore.read_shard_index(self.root)
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._cache_size = max(1, int(cache_clips))
         stored = self.records[0].get("image_size") or self._load(0)["meta"]["image_size"]
@@ -112,7 +74,7 @@ class Vox2Source:
     # ---- file access ----
     def clip_file(self, i: int) -> Path:
         r = self.records[self._check(i)]
-        return self.root / r.get("path", f"clips/{r['key']}.npz")
+        return self.root / r.get("path", clipstore.clip_relpath(r["key"]))
 
     def _load(self, i: int) -> dict:
         if i in self._cache:
@@ -122,22 +84,14 @@ class Vox2Source:
         key = self.records[i]["key"]
         try:
             if not path.is_file() and key in self._packed:
-                shard, offset, size = self._packed[key]
-                path = self.root / "shards" / shard
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    blob = f.read(size)
-                if len(blob) != size:
-                    raise ValueError(f"truncated shard: {len(blob)} of {size} bytes at offset {offset}")
-                src = io.BytesIO(blob)
+                entry = self._packed[key]
+                path = self.root / clipstore.SHARDS_DIR / entry.shard
+                data = clipstore.read_clip(clipstore.read_packed(self.root, entry))
             else:
-                src = path
-            with np.load(src, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
+                data = clipstore.read_clip(path)
         except (OSError, ValueError) as e:
             raise OSError(f"Vox2Source: cannot read clip file {path} ({e}); delete it and rerun the preprocessing "
                           "(it will be rebuilt)") from e
-        data["meta"] = json.loads(bytes(data["meta"]).decode())
         self._cache[i] = data
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -171,23 +125,14 @@ class Vox2Source:
         return self.records[self._check(i)]["key"]
 
     def frames(self, i: int, idx: Sequence[int]) -> np.ndarray:
-        """uint8 `(len(idx), S, S, 3)` RGB aligned crops."""
-        import cv2
-
+        """uint8 `(len(idx), S, S, 3)` RGB aligned crops (resized to `image_size` if stored at another size)."""
         idx = self._idx(i, idx)
         d = self._load(i)
-        off, jpg = d["jpeg_offsets"], d["jpeg"]
-        s = self.image_size
-        out = np.empty((len(idx), s, s, 3), np.uint8)
-        for j, t in enumerate(idx):
-            bgr = cv2.imdecode(jpg[off[t]:off[t + 1]], cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise OSError(f"Vox2Source: corrupt JPEG for frame {t} of {self.clip_file(i)}; delete the file and "
-                              "rerun the preprocessing")
-            if bgr.shape[0] != s:
-                bgr = cv2.resize(bgr, (s, s), interpolation=cv2.INTER_AREA if bgr.shape[0] > s else cv2.INTER_LINEAR)
-            out[j] = bgr[:, :, ::-1]
-        return out
+        try:
+            return clipstore.decode_jpeg_frames(d["jpeg"], d["jpeg_offsets"], idx, size=self.image_size)
+        except clipstore.ClipFormatError as e:
+            raise OSError(f"Vox2Source: {e} in {self.clip_file(i)}; delete the file and rerun the preprocessing") \
+                from e
 
     def mel(self, i: int) -> np.ndarray:
         """float32 `(T_mel, 80)` of the whole clip (as computed at preprocessing by pdfgc.data.audio)."""
@@ -195,7 +140,7 @@ class Vox2Source:
 
     def audio(self, i: int) -> np.ndarray:
         """float32 16 kHz mono waveform of the clip (stored as 16-bit PCM)."""
-        return self._load(i)["audio"].astype(np.float32) / 32767.0
+        return clipstore.from_pcm16(self._load(i)["audio"])
 
     def landmarks(self, i: int, idx: Sequence[int]) -> np.ndarray:
         """float32 `(len(idx), 68, 2)` landmarks in pixels of the `image_size` crop."""
@@ -210,7 +155,7 @@ class Vox2Source:
         idx = self._idx(i, idx)
         d = self._load(i)
         out = empty_factors(len(idx))
-        for k in CLIP_KEYS:
+        for k in clipstore.FACTOR_FIELDS:
             if k in d:
                 out[k][:] = d[k][idx]
         return out

@@ -49,7 +49,7 @@ def mel_windows(wav: np.ndarray, need_speech: bool, name: str = "audio") -> torc
 
 
 @functools.lru_cache(maxsize=4)
-def landmark_backend(backend: str = "dlib", weights=None):
+def landmark_backend(backend: str, weights=None):
     """A cached landmark backend ("dlib" offline, or "face_alignment" with weights from `weights` or the torch
     cache); a missing model is a PipelineError that says where to get it."""
     from pdfgc.data import landmarks as L
@@ -64,8 +64,7 @@ def landmark_backend(backend: str = "dlib", weights=None):
                             "or give aligned 224x224 crops]") from e
 
 
-def align(frames: np.ndarray, sequence: bool, backend: str = "dlib", weights=None, name: str = "input"
-          ) -> np.ndarray:
+def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input") -> np.ndarray:
     """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3).
 
     Photos (sequence=False): exactly one face per image, one transform per image. Videos / frame folders: the face

@@ -1,85 +1,18 @@
-"""Control parsing, driver looping and the reference's temporal post-processing (SPEC 1.5-1.7).
+"""Driver looping and the reference's temporal post-processing of the codes (SPEC 1.5-1.6).
 
 Everything here works on per-frame code sequences `(N, D)` (N output frames, D code dims) and is pure tensor math,
-so it can be tested against hand-computed values without any network.
+so it can be tested against hand-computed values without any network. Which controls are on (`Controls`) and what
+an off control does to its code (`apply_controls`, `eye_mask`) live with the style layout in `pdfgc.models.latent`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import torch
 
-from pdfgc.constants import CONTROLS, EYE_DIM, FRAME_OFFSET
+from pdfgc.constants import FRAME_OFFSET
 from pdfgc.pipeline.errors import PipelineError
-
-# accepted spellings -> canonical control name (the reference flags are the canonical names, SPEC 1.7)
-_ALIASES = {"pose": "headpose", "head": "headpose", "emotion": "emo", "expression": "emo", "exp": "emo",
-            "lip": "mouth", "lips": "mouth"}
-
-
-@dataclass(frozen=True)
-class Controls:
-    """Which of the five fine-grained controls follow their driver; an off control gets the canonical code."""
-
-    mouth: bool = False
-    blink: bool = False
-    gaze: bool = False
-    emo: bool = False
-    headpose: bool = False
-
-    @property
-    def needs_audio(self) -> bool:
-        """The audio encoder runs only when the lips follow the audio (lip code is zeroed otherwise)."""
-        return self.mouth
-
-    @property
-    def needs_pose(self) -> bool:
-        return self.headpose
-
-    @property
-    def needs_exp(self) -> bool:
-        return self.emo
-
-    @property
-    def needs_eye(self) -> bool:
-        # blink off keeps dims 2,3 and gaze off keeps dims 0,1,4,5: both off zero every eye dim
-        return self.blink or self.gaze
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(c for c in CONTROLS if getattr(self, c))
-
-
-def parse_controls(controls: str | Iterable[str] | Controls | None) -> Controls:
-    """Turn `"all"`, `"mouth,headpose"`, `["mouth", "gaze"]`, `[]`/`None`/`"none"` into `Controls`.
-
-    `all` switches the five controls on (SPEC 1.7 `--all`); an empty list or `none` gives the canonical static face.
-    Aliases: pose/head -> headpose, emotion/expression/exp -> emo, lip/lips -> mouth.
-    """
-    if isinstance(controls, Controls):
-        return controls
-    if controls is None:
-        items: list[str] = []
-    elif isinstance(controls, str):
-        items = [c for c in controls.replace(";", ",").replace("+", ",").split(",")]
-    else:
-        items = [str(c) for c in controls]
-    on = set()
-    for raw in items:
-        name = raw.strip().lower()
-        if not name or name == "none":
-            continue
-        if name == "all":
-            on.update(CONTROLS)
-            continue
-        name = _ALIASES.get(name, name)
-        if name not in CONTROLS:
-            raise PipelineError(f"controls: unknown control {raw!r}; expected any of "
-                                f"{', '.join(CONTROLS)}, 'all' or 'none' (e.g. controls=[mouth,headpose])")
-        on.add(name)
-    return Controls(**{c: (c in on) for c in CONTROLS})
 
 
 def leading_drop(length: int) -> int:
@@ -138,21 +71,3 @@ def smooth_pose(pose: torch.Tensor) -> torch.Tensor:
     out[0] = (pose[0] + pose[1]) / 2.0
     out[-1] = (pose[-2] + pose[-1]) / 2.0
     return out
-
-
-def eye_mask(controls: Controls, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Per-dim multiplier `(6,)` of the eye code: blink off -> keep only the gaze dims (2, 3), gaze off -> keep
-    only the blink dims (0, 1, 4, 5); both off -> zeros (SPEC 1.7). The masks live in `pdfgc.models.latent`."""
-    from pdfgc.models.latent import eye_mask as _eye_mask
-
-    return _eye_mask(controls.names(), EYE_DIM).to(device=device, dtype=dtype)
-
-
-def apply_controls(lip: torch.Tensor, emo: torch.Tensor, eye: torch.Tensor, pose: torch.Tensor,
-                   controls: Controls) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace the codes of the controls that are off (after scaling/smoothing, SPEC 1.7): mouth/emo/headpose off
-    -> zeros; blink/gaze off -> eye code times its mask. Shapes `(N, 500), (N, 30), (N, 6), (N, 6)` unchanged.
-    (Delegates to `pdfgc.models.latent.apply_controls`, the one home of the reference's replacement rules.)"""
-    from pdfgc.models.latent import apply_controls as _apply
-
-    return _apply(lip, emo, eye, pose, controls.names())

@@ -17,48 +17,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from pdfgc.constants import (EMO_DIM, EMO_SCALE, EYE_DIM, EYE_SCALE, FPS, FRAME_OFFSET, IMAGE_SIZE, LIP_DIM,
-                             LIP_SCALE, POSE_DIM, REFERENCE_BATCH, REFERENCE_SEED, SAMPLE_RATE)
-from pdfgc.pipeline.controls import (Controls, apply_controls, driver_indices, leading_drop, parse_controls,
-                                     smooth_lip, smooth_pose)
+from pdfgc.constants import EMO_SCALE, EYE_SCALE, FPS, FRAME_OFFSET, LIP_SCALE, SAMPLE_RATE
+from pdfgc.models.latent import Controls, ControlsLike, apply_controls, assemble_style
+from pdfgc.pipeline.controls import driver_indices, leading_drop, smooth_lip, smooth_pose
 from pdfgc.pipeline.errors import PipelineError
+from pdfgc.pipeline.settings import CALL_FIELDS, PIPELINE_FIELDS, InferenceSettings, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
 NETWORKS = ("appearance", "motion", "audio", "generator")
-# network arithmetic: fp32 = the reference's; bf16/fp16 = torch.autocast around the four networks only (the
-# post-processing between them -- scaling, smoothing, control masks -- stays float32)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_WARNED = {"bf16": False}
-
-
-def check_precision(precision: str, device: torch.device) -> str:
-    """Validate `precision` for `device`; warns when bf16 runs on a CPU without native bfloat16 arithmetic."""
-    if precision not in PRECISIONS:
-        raise PipelineError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise PipelineError("precision=fp16 needs a CUDA device (CPU convolutions have no fast float16 path); on "
-                            "CPU use precision=bf16 (fast on CPUs with AVX512-BF16 or AMX) or fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PipelineError(f"precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; use "
-                            "precision=fp16 or fp32")
-    if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16() and not _WARNED["bf16"]:
-        _WARNED["bf16"] = True  # once per process (infer.py checks before loading, the Pipeline again)
-        log.warning("precision=bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 "
-                    "will likely be slower than fp32; precision=fp32 is recommended here")
-    return precision
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
 
 
 @dataclass
@@ -147,16 +118,6 @@ def _driver_frames(t, indices) -> torch.Tensor:
     return t.take(indices) if isinstance(t, DriverFrames) else t[list(indices)]
 
 
-def resolve_device(device) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(f"device={device}: CUDA is not available on this machine; use device=cpu or auto")
-    return dev
-
-
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(B,3,S,S) in [-1,1] -> uint8 (B,S,S,3) by truncation of (x+1)/2*255, like the reference (SPEC 1.9)."""
     y = ((x.detach().float().cpu() + 1) * 0.5 * 255).clamp_(0, 255)
@@ -167,54 +128,63 @@ class Pipeline:
     """PD-FGC inference: portrait + speech + driving videos -> talking-head frames.
 
     Args:
-        models: a `pdfgc.models.bundle.PDFGCModels` (attributes appearance, motion, audio, generator).
-        device: "cpu", "cuda", "cuda:1" or "auto".
-        batch_size: frames per network call (the reference uses 8; results do not depend on it).
-        seed: seeds the generator's noise maps when they are drawn (the reference seeds 20202001, SPEC 1.10).
-        noise_mode: "cached" (reference: one noise map per layer, drawn once and reused for every frame) or
-            "const" (the checkpoint's `noises.noise_i` buffers, fully deterministic), "none".
-        precision: "fp32" (default, the reference's arithmetic), "bf16" (CPUs with AVX512-BF16/AMX and recent
-            GPUs: about 1.8x faster on such a CPU, see docs/inference.md for the measured image difference) or
-            "fp16" (CUDA only). Reduced precision applies to the networks' arithmetic through torch.autocast;
-            everything between the networks stays float32.
+        models: a `pdfgc.models.bundle.PDFGCModels` (attributes appearance, motion, audio, generator; `code_dims`
+            and `image_size` give the code widths and the image side).
+        settings: an `InferenceSettings` (default: every default of docs/inference.md).
+        **overrides: settings to change, by name, e.g. `device="cuda"`, `batch_size=16`, `precision="bf16"`,
+            `seed=...`, `noise_mode="const"`, or the per-call defaults (`controls`, `layout`, `aligned`, ...).
+            Checked once, here (`InferenceSettings`): a bad value is a `PipelineError`, an unknown name a TypeError.
+
+    The networks run on `settings.device` ("auto": CUDA when available) at `settings.precision` ("fp32", the
+    reference's arithmetic; "bf16" on CPUs with AVX512-BF16/AMX and recent GPUs, about 1.8x faster on such a CPU,
+    see docs/inference.md for the measured image difference; "fp16" on CUDA). Reduced precision applies to the
+    networks' arithmetic through torch.autocast; everything between the networks stays float32.
     """
 
-    def __init__(self, models, device="cpu", batch_size: int = REFERENCE_BATCH, seed: int = REFERENCE_SEED,
-                 noise_mode: str = "cached", precision: str = "fp32"):
-        if int(batch_size) < 1:
-            raise PipelineError(f"batch_size must be >= 1, got {batch_size}")
-        if noise_mode not in ("cached", "const", "none"):
-            raise PipelineError(f"noise_mode: expected 'cached', 'const' or 'none', got {noise_mode!r}")
-        self.device = resolve_device(device)
-        self.precision = check_precision(precision, self.device)
+    def __init__(self, models, settings: InferenceSettings | None = None, **overrides):
+        if settings is None:
+            settings = InferenceSettings()
+        elif not isinstance(settings, InferenceSettings):
+            raise TypeError(f"Pipeline: settings must be an InferenceSettings, got {type(settings).__name__} "
+                            "(pass single settings by name, e.g. Pipeline(models, device='cpu'))")
+        self.settings = settings.replace(**overrides)
+        self.device = self.settings.torch_device
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            # once per Pipeline: its settings are fixed from here on
+            log.warning("precision=bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 "
+                        "will likely be slower than fp32; precision=fp32 is recommended here")
         self.models = models.eval().to(self.device)
-        self.batch_size = int(batch_size)
-        self.seed = seed
-        self.noise_mode = noise_mode
         self.last_timings: dict[str, float] = {}
         self.last_encoded = 0  # driver images encoded by the last generate() (for benchmarks and tests)
 
+    # settings that fix how the networks run (read-only: build another Pipeline to change them)
+    batch_size = property(lambda self: self.settings.batch_size, doc="frames per network call")
+    precision = property(lambda self: self.settings.precision, doc="fp32 | bf16 | fp16")
+    seed = property(lambda self: self.settings.seed, doc="seed of the generator's noise maps")
+    noise_mode = property(lambda self: self.settings.noise_mode, doc="cached | const | none")
+
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path, device=None, batch_size: int = REFERENCE_BATCH, **kwargs) -> "Pipeline":
+    def from_pretrained(cls, path, settings: InferenceSettings | None = None, **overrides) -> "Pipeline":
         """Load the four networks from `path`: the released folder (appearance_model.pth, motion_model.pth,
-        audio_model.pth, generator_model.pth) or a pdfgc export (`PDFGCModels.save_pretrained`)."""
+        audio_model.pth, generator_model.pth) or a pdfgc export (`PDFGCModels.save_pretrained`). The settings are
+        checked before anything is loaded."""
         from pdfgc.models.bundle import PDFGCModels
 
-        dev = resolve_device(device)
+        settings = (InferenceSettings() if settings is None else settings).replace(**overrides)
         # the format is detected by the loader; missing/corrupt files raise CheckpointError naming the file
         models = PDFGCModels.from_pretrained(Path(path))
-        return cls(models, device=dev, batch_size=batch_size, **kwargs)
+        return cls(models, settings)
 
     @property
     def image_size(self) -> int:
         """Side S of the model's images (224 for the released networks)."""
-        for obj in (self.models, getattr(self.models, "generator", None)):
-            for name in ("image_size", "size"):
-                v = getattr(obj, name, None)
-                if isinstance(v, int):
-                    return v
-        return IMAGE_SIZE
+        return int(self.models.image_size)
+
+    @property
+    def code_dims(self) -> dict[str, int]:
+        """Widths of the style parts from the loaded model: {"app", "lip", "emo", "eye", "pose"}."""
+        return self.models.code_dims
 
     # ------------------------------------------------------------------ helpers
     def _sync(self):
@@ -236,7 +206,7 @@ class Pipeline:
 
     def _amp(self):
         """Context for network calls: torch.autocast at the pipeline's precision (nothing for fp32)."""
-        dtype = PRECISIONS[self.precision]
+        dtype = self.settings.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -265,12 +235,15 @@ class Pipeline:
         """Per-output-frame raw motion codes from the drivers of the controls that are on.
 
         drivers: {"pose": (Lp,3,S,S)|None, "exp": ..., "eye": ...} float tensors or `DriverFrames` (made into
-        float frames batch by batch). Returns {"pose": (N,6), "emo": (N,30),
-        "eye": (N,6)} for the controls that are on (unscaled, unsmoothed). Every distinct frame is encoded once:
-        only the first min(N, L) frames after the leading drop are ever used, and frames with identical content
-        (the same video given for several controls, a static expression clip of repeated frames) share one
-        encoding -- the reference encodes three images per output frame (SPEC 1.5).
+        float frames batch by batch); controls: a `Controls` (parsed by the caller). Returns {"pose": (N,pose),
+        "emo": (N,emo), "eye": (N,eye)} for the controls that are on (unscaled, unsmoothed). Every distinct frame
+        is encoded once: only the first min(N, L) frames after the leading drop are ever used, and frames with
+        identical content (the same video given for several controls, a static expression clip of repeated frames)
+        share one encoding -- the reference encodes three images per output frame (SPEC 1.5).
         """
+        if not isinstance(controls, Controls):
+            raise TypeError(f"encode_motion: controls must be a Controls (parsed once at the boundary, "
+                            f"Controls.parse), got {type(controls).__name__}")
         need = {"pose": controls.needs_pose, "exp": controls.needs_exp, "eye": controls.needs_eye}
         what = {"pose": "headpose", "exp": "emo", "eye": "blink/gaze"}
         pool: list[tuple] = []  # (driver, frame index) of every distinct frame, materialised batch by batch
@@ -319,11 +292,10 @@ class Pipeline:
                 codes["eye"] = eye[r]
         return codes
 
-    @torch.inference_mode()
     def generate(self, source: torch.Tensor, mel: torch.Tensor, pose: torch.Tensor | None = None,
-                 exp: torch.Tensor | None = None, eye: torch.Tensor | None = None,
-                 controls: str | Sequence[str] | Controls | None = ("all",), drop_leading: bool = True,
-                 progress: bool = False, return_style: bool = False, as_uint8: bool = False):
+                 exp: torch.Tensor | None = None, eye: torch.Tensor | None = None, controls: ControlsLike = None,
+                 drop_leading: bool = True, progress: bool = False, return_style: bool = False,
+                 as_uint8: bool = False):
         """Tensor-level core (no I/O, no alignment).
 
         Args:
@@ -331,16 +303,27 @@ class Pipeline:
             mel: (N,1,80,20) mel windows, one per output frame (`pdfgc.data.audio`).
             pose, exp, eye: (L,3,S,S) driver frames in [-1,1], or None for a control that is off. Frames with
                 identical pixels (the same clip for several controls, repeated frames) are encoded once.
-            controls: see `parse_controls`; default all on.
+            controls: a `Controls`, or user input for `Controls.parse` ("all", ["mouth", "gaze"], [] ...); None =
+                the pipeline's `settings.controls` (default all on).
             drop_leading: drop the first two driver frames like the reference (SPEC 1.5).
-            return_style: also return the (N, 2590) style vectors fed to the generator.
+            progress: a progress bar over the generated frames (the tensor-level core is quiet by default).
+            return_style: also return the (N, style_dim) style vectors fed to the generator.
             as_uint8: return uint8 (N,S,S,3) frames (`to_uint8`, batch by batch: a quarter of the memory of the
                 float images for long audio).
         Returns:
             (N,3,S,S) float32 images in [-1,1] on the CPU, or uint8 (N,S,S,3) frames with `as_uint8` (and the style
             when `return_style`).
         """
-        controls = parse_controls(controls)
+        controls = self.settings.controls if controls is None else Controls.parse(controls)
+        return self._generate(source, mel, {"pose": pose, "exp": exp, "eye": eye}, controls, drop_leading,
+                              progress, return_style, as_uint8)
+
+    @torch.inference_mode()
+    def _generate(self, source: torch.Tensor, mel: torch.Tensor, drivers: dict, controls: Controls,
+                  drop_leading: bool, progress: bool, return_style: bool, as_uint8: bool):
+        """`generate` with parsed `controls` (a `Controls`, never user input)."""
+        if not isinstance(controls, Controls):
+            raise TypeError(f"Pipeline._generate: controls must be a Controls, got {type(controls).__name__}")
         if mel.ndim != 4 or mel.shape[1] != 1:
             raise PipelineError(f"mel: expected (N,1,80,20) windows, got {tuple(mel.shape)}")
         n = int(mel.shape[0])
@@ -351,6 +334,7 @@ class Pipeline:
             source = source[None]
         if source.shape[1:] != (3, s, s):
             raise PipelineError(f"source: expected (1,3,{s},{s}), got {tuple(source.shape)}")
+        dims = self.code_dims
         self.last_timings = {k: 0.0 for k in NETWORKS}
         self.last_encoded = 0
         t_start = time.perf_counter()
@@ -366,16 +350,14 @@ class Pipeline:
             lip = torch.cat(outs).float() * LIP_SCALE
             lip = smooth_lip(lip)
         else:
-            lip = torch.zeros(n, LIP_DIM, device=self.device)
+            lip = torch.zeros(n, dims["lip"], device=self.device)
         self._tick("audio", t0)
 
-        codes = self.encode_motion({"pose": pose, "exp": exp, "eye": eye}, n, controls, drop_leading)
-        pose_c = smooth_pose(codes["pose"]) if "pose" in codes else torch.zeros(n, POSE_DIM, device=self.device)
-        emo_c = codes["emo"] * EMO_SCALE if "emo" in codes else torch.zeros(n, EMO_DIM, device=self.device)
-        eye_c = codes["eye"] * EYE_SCALE if "eye" in codes else torch.zeros(n, EYE_DIM, device=self.device)
+        codes = self.encode_motion(drivers, n, controls, drop_leading)
+        pose_c = smooth_pose(codes["pose"]) if "pose" in codes else torch.zeros(n, dims["pose"], device=self.device)
+        emo_c = codes["emo"] * EMO_SCALE if "emo" in codes else torch.zeros(n, dims["emo"], device=self.device)
+        eye_c = codes["eye"] * EYE_SCALE if "eye" in codes else torch.zeros(n, dims["eye"], device=self.device)
         lip, emo_c, eye_c, pose_c = apply_controls(lip, emo_c, eye_c, pose_c, controls)
-
-        from pdfgc.models.latent import assemble_style
 
         style = assemble_style(f_app.float().expand(n, -1), lip, emo_c, eye_c, pose_c)
 
@@ -388,7 +370,7 @@ class Pipeline:
         images = []
         # "cached" noise maps are drawn once, on the generator's first run, and reused for every later frame (SPEC
         # 1.10); drawing them from a seeded CPU generator makes them independent of the device and the global RNG
-        rng = torch.Generator(device="cpu").manual_seed(int(self.seed))
+        rng = torch.Generator(device="cpu").manual_seed(self.seed)
         try:
             for i in range(0, n, self.batch_size):
                 b = min(self.batch_size, n - i)
@@ -409,10 +391,7 @@ class Pipeline:
         return (out, style.cpu()) if return_style else out
 
     # ------------------------------------------------------------------ file/array level
-    def __call__(self, source, audio, pose=None, exp=None, eye=None,
-                 controls: str | Sequence[str] | Controls | None = ("all",), progress: bool = True,
-                 aligned="auto", landmarks: str = "dlib", landmark_weights=None, layout: str = "video",
-                 sync_fix: bool = False, out=None) -> PipelineOutput:
+    def __call__(self, source, audio, pose=None, exp=None, eye=None, *, out=None, **overrides) -> PipelineOutput:
         """Generate a talking head from files or arrays.
 
         Args:
@@ -420,35 +399,47 @@ class Pipeline:
             audio: audio file path or float32 16 kHz samples; gives N = 25*T - 3 frames (SPEC 1.4).
             pose, exp, eye: drivers (video, folder of frames, image, uint8 array) or None when their controls
                 are off. The same path given twice is loaded and encoded once.
-            controls: e.g. ("all",), ["mouth", "headpose"], "mouth,gaze", [] (static canonical face).
-            aligned: "auto" | True | False; landmarks: "dlib" | "face_alignment" (+ landmark_weights folder).
-            layout: "video" (generated frames) or "panel" (also the reference's 5-panel frames in `.panel`).
-            sync_fix: delay the video by 2 frames (repeat the first frame) so the mouth does not lead the audio
-                by ~80 ms as in the reference (off = faithful).
             out: optional .mp4 path; checked before any work and written at the end (atomically).
+            **overrides: per-call settings (default: this pipeline's `settings`), checked once by
+                `InferenceSettings`:
+                controls   e.g. ["all"], ["mouth", "headpose"], "mouth,gaze", [] (static canonical face), a Controls;
+                layout     "video" (generated frames) or "panel" (also the reference's 5-panel frames in `.panel`);
+                sync_fix   delay the video by 2 frames so the mouth does not lead the audio by ~80 ms as in the
+                           reference (off = faithful);
+                aligned    "auto" | True | False; landmarks: "dlib" | "face_alignment" (+ landmark_weights folder);
+                progress   a progress bar.
         Returns:
             PipelineOutput.
         """
-        from pdfgc.pipeline import inputs
+        fixed = sorted(set(overrides) - set(CALL_FIELDS))
+        if fixed:
+            where = [k for k in fixed if k in PIPELINE_FIELDS]
+            raise TypeError(f"Pipeline.__call__: unexpected setting(s) {fixed}; "
+                            + (f"{', '.join(where)} are fixed when the Pipeline is built "
+                               f"(Pipeline(models, {where[0]}=...)); " if where else "")
+                            + f"per call: {', '.join(CALL_FIELDS)}")
+        s = self.settings.replace(**overrides)
+        return self._run(source, audio, {"pose": pose, "exp": exp, "eye": eye}, s, out)
 
-        controls = parse_controls(controls)
-        if layout not in ("video", "panel"):
-            raise PipelineError(f"layout: expected 'video' or 'panel', got {layout!r}")
+    def _run(self, source, audio, drivers: dict, s: InferenceSettings, out) -> PipelineOutput:
+        from pdfgc.pipeline import inputs
+        from pdfgc.pipeline._align_adapter import mel_windows
+
+        controls = s.controls
         if out is not None:
             out = inputs.check_output_path(out)
         wav = inputs.load_audio(audio)
-        from pdfgc.pipeline._align_adapter import mel_windows
-
         mel = mel_windows(wav, need_speech=controls.mouth,
                           name=str(audio) if isinstance(audio, (str, Path)) else "audio array")
         n = int(mel.shape[0])
 
         log.info("audio: %.2f s -> %d frames at %d fps", len(wav) / SAMPLE_RATE, n, FPS)
-        src = inputs.load_source(source, aligned, landmarks, landmark_weights)
+        read = dict(aligned=s.aligned, landmarks=s.landmarks, landmark_weights=s.landmark_weights)
+        src = inputs.load_source(source, **read)
         cache: dict = {}
         drv = {}
-        for name, value, on in (("pose", pose, controls.needs_pose), ("exp", exp, controls.needs_exp),
-                                ("eye", eye, controls.needs_eye)):
+        for name, on in (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye)):
+            value = drivers[name]
             if value is None:
                 if on:
                     raise PipelineError(f"{name}: this control is on ({', '.join(controls.names())}) but no {name} "
@@ -456,11 +447,11 @@ class Pipeline:
                                         "control out of `controls`")
                 drv[name] = None
                 continue
-            if not on and layout != "panel":
+            if not on and s.layout != "panel":
                 drv[name] = None  # an off control needs no driver: do not even load it
                 continue
             t0 = time.perf_counter()
-            d = inputs.load_driver(value, name, aligned, landmarks, landmark_weights, cache)
+            d = inputs.load_driver(value, name, cache=cache, **read)
             log.info("%s driver: %d frames ready in %.1f s", name, d.frames.shape[0], time.perf_counter() - t0)
             if d.frames.shape[0] <= FRAME_OFFSET:
                 log.warning("%s driver has %d frame(s): it is held still (repeated) for all %d output frames",
@@ -482,18 +473,19 @@ class Pipeline:
         src_t = self.preprocess(src[None])
         gen_in = {k: (tensors.get(k) if on else None) for k, on in
                   (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye))}
-        frames = self.generate(src_t, mel, controls=controls, progress=progress, as_uint8=True, **gen_in)
+        frames = self._generate(src_t, mel, gen_in, controls, drop_leading=True, progress=s.progress,
+                                return_style=False, as_uint8=True)
         panel = None
-        if layout == "panel":
+        if s.layout == "panel":
             panel = make_panel(src_t, frames, [tensors.get(k) for k in ("pose", "exp", "eye")], n)
-        if sync_fix:
+        if s.sync_fix:
             frames = np.concatenate([np.repeat(frames[:1], FRAME_OFFSET, 0), frames])
             if panel is not None:
                 panel = np.concatenate([np.repeat(panel[:1], FRAME_OFFSET, 0), panel])
         result = PipelineOutput(frames=frames, fps=float(FPS), audio=wav, panel=panel, controls=controls.names(),
                                 timings=dict(self.last_timings))
         if out is not None:
-            write_output(result, out, layout)
+            write_output(result, out, s.layout)
         return result
 
 

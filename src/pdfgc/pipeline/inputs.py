@@ -9,10 +9,11 @@ Accepted forms:
              uint8 array (T,H,W,3) or (H,W,3)
     audio    any file PyAV decodes (wav, mp3, m4a, mp4 ...) | float array of samples at 16 kHz
 
+The reading options come from `InferenceSettings` (parsed and checked there; these functions take its values):
 Alignment (`aligned`): "auto" treats an input whose frames are already 224x224 as an aligned crop and passes it
 through unchanged; anything else is aligned with 68-point landmarks (`landmarks="dlib"` offline by default,
 "face_alignment" when its weights exist): per image for photos, one video-averaged transform for videos and frame
-folders (SPEC 1.3). `aligned=True` always passes through (resizing to 224 if needed), `aligned=False` always aligns.
+folders (SPEC 1.3). `aligned="true"` always passes through (resizing to 224 if needed), `"false"` always aligns.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 from pdfgc.constants import FPS, IMAGE_SIZE, SAMPLE_RATE
 from pdfgc.data.video import VIDEO_EXTENSIONS, MediaError
 from pdfgc.pipeline.errors import PipelineError
+from pdfgc.pipeline.settings import ALIGNED_MODES
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -38,16 +40,6 @@ class Driver:
     key: str
     name: str
     path: Path | None = None
-
-
-def _parse_aligned(aligned) -> str:
-    if aligned in (True, "true", "True", "yes", 1):
-        return "true"
-    if aligned in (False, "false", "False", "no", 0):
-        return "false"
-    if aligned in (None, "auto"):
-        return "auto"
-    raise PipelineError(f"aligned: expected true, false or auto, got {aligned!r}")
 
 
 def read_image(path) -> np.ndarray:
@@ -143,24 +135,28 @@ def _resize_to_canvas(frames: np.ndarray) -> np.ndarray:
     return np.stack([cv2.resize(f, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR) for f in frames])
 
 
-def prepare_frames(frames: np.ndarray, what: str, sequence: bool, aligned="auto", landmarks: str = "dlib",
-                   landmark_weights=None) -> np.ndarray:
-    """Raw uint8 frames `(T,H,W,3)` -> aligned uint8 `(T,224,224,3)` following the `aligned` rule (module doc)."""
-    mode = _parse_aligned(aligned)
-    if mode == "true" or (mode == "auto" and frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE)):
+def prepare_frames(frames: np.ndarray, what: str, sequence: bool, *, aligned: str, landmarks: str,
+                   landmark_weights) -> np.ndarray:
+    """Raw uint8 frames `(T,H,W,3)` -> aligned uint8 `(T,224,224,3)` following the `aligned` rule (module doc):
+    `aligned` is "auto", "true" or "false" (`InferenceSettings.aligned`)."""
+    if aligned not in ALIGNED_MODES:
+        raise TypeError(f"prepare_frames: aligned must be one of {ALIGNED_MODES} (parsed by InferenceSettings), "
+                        f"got {aligned!r}")
+    if aligned == "true" or (aligned == "auto" and frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE)):
         # already an aligned crop (auto: 224x224 inputs are taken as PC-AVS crops, like the reference's examples)
         return _resize_to_canvas(frames)
     return _align(frames, what, sequence, landmarks, landmark_weights)
 
 
-def load_source(source, aligned="auto", landmarks: str = "dlib", landmark_weights=None) -> np.ndarray:
+def load_source(source, *, aligned: str, landmarks: str, landmark_weights) -> np.ndarray:
     """The appearance image as an aligned uint8 crop `(224, 224, 3)`; a video contributes its first frame, an
     array of frames its first frame. Raw photos are aligned per image (exactly one face required)."""
     frames, _, _ = _read_raw(source, "source", first_only=True)
-    return prepare_frames(frames[:1], _label("source", source), False, aligned, landmarks, landmark_weights)[0]
+    return prepare_frames(frames[:1], _label("source", source), False, aligned=aligned, landmarks=landmarks,
+                          landmark_weights=landmark_weights)[0]
 
 
-def load_driver(driver, what: str, aligned="auto", landmarks: str = "dlib", landmark_weights=None,
+def load_driver(driver, what: str, *, aligned: str, landmarks: str, landmark_weights,
                 cache: dict | None = None) -> Driver:
     """A driver (pose, exp or eye) as aligned uint8 crops `(L, 224, 224, 3)`; see the module doc for the forms.
 
@@ -173,7 +169,8 @@ def load_driver(driver, what: str, aligned="auto", landmarks: str = "dlib", land
     frames, key, sequence = _read_raw(driver, what, first_only=False)
     if cache is not None and key in cache:
         return cache[key]
-    out = Driver(prepare_frames(frames, _label(what, driver), sequence, aligned, landmarks, landmark_weights), key,
+    out = Driver(prepare_frames(frames, _label(what, driver), sequence, aligned=aligned, landmarks=landmarks,
+                                landmark_weights=landmark_weights), key,
                  what, Path(driver).resolve() if isinstance(driver, (str, os.PathLike)) else None)
     if cache is not None:
         cache[key] = out
