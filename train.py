@@ -27,4 +27,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from pdfgc.errors import report_user_errors
+    from pdfgc.train.config import check_command_line
+
+    with report_user_errors("train"):
+        check_command_line(sys.argv[1:])  # settings errors: one line, exit 2, before Hydra starts the job
     main()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from pdfgc.constants import LANDMARK_BACKENDS
 from pdfgc.errors import UserError, report_user_errors
 
 from .clip import ClipOptions
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="input folder (searched recursively for videos)")
     p.add_argument("--output", required=True, help="output folder, e.g. datasets/vox2")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one core each); default 1")
-    p.add_argument("--backend", default="dlib", choices=["dlib", "face_alignment"],
+    p.add_argument("--backend", default="dlib", choices=list(LANDMARK_BACKENDS),
                    help="landmark backend: dlib (offline CPU, default) or face_alignment (the reference's model; "
                         "weights from --fa-weights or the torch hub cache)")
     p.add_argument("--device", default="cpu", help="device of the face_alignment backend (cpu, cuda, cuda:1, ...)")

@@ -34,6 +34,8 @@ UNIFIED_MOTION_DIM = 512  # stage-1 motion feature (FAN fc output)
 GAZE_DIMS = (2, 3)  # eye-code dims kept when blink is off
 BLINK_DIMS = (0, 1, 4, 5)  # eye-code dims kept when gaze is off
 CONTROLS = ("mouth", "blink", "gaze", "emo", "headpose")
+# 68-point landmark backends (pdfgc.data.landmarks.get_backend builds them; infer.py and preprocess accept these)
+LANDMARK_BACKENDS = ("dlib", "face_alignment")
 
 # --- post-processing (SPEC 1.6) ---
 LIP_SCALE = 1.5

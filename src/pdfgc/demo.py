@@ -32,6 +32,7 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
     from pdfgc.constants import FPS, SAMPLE_RATE
     from pdfgc.data.audio import mel_windows
     from pdfgc.data.video import write_video
+    from pdfgc.models.latent import Controls
     from pdfgc.pipeline.core import Pipeline, make_panel
 
     pipe = Pipeline.from_pretrained(export_dir, device="cpu")
@@ -48,7 +49,7 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
     mel_w = torch.from_numpy(mel_windows(mel, frames_idx)).float()
     drivers = [_to_tensor(source.frames(i, list(range(t)))) for i in (c, d, e)]
     with torch.no_grad():
-        gen = pipe.generate(app, mel_w, pose=drivers[0], exp=drivers[1], eye=drivers[2], controls=("all",))
+        gen = pipe.generate(app, mel_w, pose=drivers[0], exp=drivers[1], eye=drivers[2], controls=Controls.all())
     panel = make_panel(app, gen, drivers, gen.shape[0])
     audio = None
     if hasattr(source, "audio"):

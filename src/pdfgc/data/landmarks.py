@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from pdfgc.constants import LANDMARK_BACKENDS
 from pdfgc.errors import UserError
 
 DLIB_PREDICTOR = "shape_predictor_68_face_landmarks.dat"
@@ -30,7 +31,7 @@ FA_FILES = {
     "fan": ("2DFAN4-11f355bf06.pth.tar", "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"),
     "s3fd": ("s3fd-619a316812.pth", "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"),
 }
-BACKENDS = ("dlib", "face_alignment")
+BACKENDS = LANDMARK_BACKENDS
 
 
 class LandmarkError(UserError, ValueError):
@@ -233,7 +234,7 @@ def get_backend(name: str, **kwargs) -> LandmarkBackend:
         return DlibBackend(**kwargs)
     if name in ("face_alignment", "face-alignment", "fa"):
         return FaceAlignmentBackend(**kwargs)
-    raise ValueError(f"unknown landmark backend {name!r}; choose one of {BACKENDS}")
+    raise LandmarkError(f"unknown landmark backend {name!r}; choose one of {BACKENDS}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

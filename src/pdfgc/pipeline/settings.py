@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from pdfgc.constants import REFERENCE_BATCH, REFERENCE_SEED
+from pdfgc.constants import LANDMARK_BACKENDS, REFERENCE_BATCH, REFERENCE_SEED
 from pdfgc.models.latent import Controls
 from pdfgc.pipeline.errors import PipelineError
 
@@ -28,7 +28,6 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYOUTS = ("video", "panel")
 NOISE_MODES = ("cached", "const", "none")
 ALIGNED_MODES = ("auto", "true", "false")
-LANDMARK_BACKENDS = ("dlib", "face_alignment")  # pdfgc.data.landmarks.BACKENDS (not imported: it pulls in cv2)
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
