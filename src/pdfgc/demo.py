@@ -23,10 +23,35 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+PANEL_LABELS = ("appearance (A)", "generated", "pose driver (C)", "expression driver (D)", "eye driver (E)")
+MIN_PANEL = 224  # demo pictures are upscaled to at least this many pixels per panel
+
+
+def viewable(panel: np.ndarray, labels=PANEL_LABELS, min_panel: int = MIN_PANEL, caption: str = "") -> np.ndarray:
+    """Make 5-panel frames `(T, S, 5S, 3)` uint8 viewable as they are: each panel upscaled by an integer factor
+    (nearest neighbour: the model's pixels stay visible, nothing is invented) to >= `min_panel` pixels, with a
+    caption strip on top naming each panel (and an optional one-line `caption` under it). Returns uint8
+    `(T, caption_h + S*f, 5*S*f, 3)`."""
+    import cv2
+
+    t, s, w, _ = panel.shape
+    f = max(1, -(-min_panel // s))
+    big = panel.repeat(f, axis=1).repeat(f, axis=2)
+    pw = s * f
+    lines = 2 if caption else 1
+    strip = np.full((22 * lines + 6, big.shape[2], 3), 255, np.uint8)
+    for k, label in enumerate(labels):
+        cv2.putText(strip, label, (k * pw + 6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    if caption:
+        cv2.putText(strip, caption, (6, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
+    return np.concatenate([np.broadcast_to(strip, (t,) + strip.shape), big], axis=1)
+
+
 def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: int = 50, seed: int = 0) -> Path:
     """Render a demo video from the export: appearance of test clip A, lips from the audio of clip B, head pose from
     clip C, expression from clip D, eyes from clip E (held-out synthetic identities), laid out as the reference's
-    five panels [appearance | generated | pose | exp | eye] with B's audio muxed. Returns the mp4 path."""
+    five panels [appearance | generated | pose | exp | eye] with B's audio muxed, upscaled and captioned
+    (`viewable`). Also writes `<out>_still.png`: four frames of the video stacked. Returns the mp4 path."""
     from hydra.utils import instantiate
 
     from pdfgc.constants import FPS, SAMPLE_RATE
@@ -51,6 +76,8 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
     with torch.no_grad():
         gen = pipe.generate(app, mel_w, pose=drivers[0], exp=drivers[1], eye=drivers[2], controls=Controls.all())
     panel = make_panel(app, gen, drivers, gen.shape[0])
+    caption = "lips from the audio of clip B; pose, expression and eyes from clips C, D, E (held-out identities)"
+    panel = viewable(panel, caption=caption)
     audio = None
     if hasattr(source, "audio"):
         wav = source.audio(b)
@@ -58,6 +85,15 @@ def swapped_controls_video(export_dir, out_path, data_cfg: Mapping, num_frames: 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_video(out_path, panel, fps=FPS, audio=audio)
+    import imageio.v3 as iio
+
+    from pdfgc.fileio import atomic_path
+
+    rows = np.linspace(0, panel.shape[0] - 1, 4).astype(int)
+    head = panel.shape[1] - (panel.shape[2] // 5) * 1  # the caption strip height
+    still = np.concatenate([panel[rows[0]]] + [panel[r][head:] for r in rows[1:]], axis=0)
+    with atomic_path(out_path.with_name(out_path.stem + "_still.png")) as tmp:
+        iio.imwrite(tmp, still, extension=".png")
     return out_path
 
 
