@@ -153,3 +153,30 @@ def test_ddp_two_cpu_processes_gloo(tmp_path):
     assert ck.iteration == 3
     # each iteration saw 2 processes x 2 samples (the EMA / images-seen bookkeeping counts both ranks)
     assert ck.state["images_seen"] == 3 * 2 * 2
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_passes_the_config_checks(experiment):
+    """Every shipped recipe composes and passes the checks run before training (typed keys, ranges, trainable
+    components and roles), with its own settings: the unit tests above shrink them."""
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import check_run_config
+
+    cfg = compose([f"experiment={experiment}", "paths.output_dir=/tmp/unused"])
+    stages = check_run_config(cfg)
+    assert list(stages) == list(cfg.chain)
+
+
+def test_trainable_roles_are_checked_before_training():
+    from pdfgc.stages.config import StageConfigError
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import check_run_config
+
+    cfg = compose(["stage=lip", "stage.trainable={motion:[model,to_mouth]}", "paths.output_dir=/tmp/unused"])
+    with pytest.raises(StageConfigError, match=r"unknown role\(s\) \['model', 'to_mouth'\].*trunk"):
+        check_run_config(cfg)
+    cfg = compose(["stage=lip", "stage.trainable={generator:all}", "paths.output_dir=/tmp/unused"])
+    with pytest.raises(StageConfigError, match="has no component 'generator'"):
+        check_run_config(cfg)
+    check_run_config(compose(["stage=lip", "stage.trainable={motion:[trunk,lip],audio:all}",
+                              "paths.output_dir=/tmp/unused"]))

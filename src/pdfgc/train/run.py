@@ -106,9 +106,44 @@ def stage_config(node, where: str = "stage") -> StageConfig:
     return validate(config, where)
 
 
+def _check_trainable(config: StageConfig, model_cfg, where: str) -> None:
+    """`stage.trainable` names components the stage builds and roles those networks have (read from the classes
+    the model config names; nothing is built)."""
+    from pdfgc.models.config import component_class
+
+    if not config.trainable:
+        return
+    cls = stage_class(config._target_, where)
+    if not isinstance(config.trainable, dict):
+        raise StageConfigError(f"{where}.trainable={config.trainable!r}: expected {{component: all | [roles] | []}}")
+    for comp, roles in config.trainable.items():
+        if comp not in cls.COMPONENTS:
+            raise StageConfigError(f"{where}.trainable: stage '{cls.STAGE}' has no component {comp!r} (it builds "
+                                   f"{list(cls.COMPONENTS)})")
+        if roles in ("all", None) or roles == []:
+            continue
+        roles = [roles] if isinstance(roles, str) else list(roles)
+        entry = (model_cfg or {}).get(comp) or {}
+        known = getattr(component_class(str(entry.get("_target_", ""))), "ROLES", ()) if entry else None
+        if known is not None:
+            bad = [r for r in roles if r != "all" and r not in known]
+            if bad:
+                raise StageConfigError(f"{where}.trainable.{comp}={roles}: unknown role(s) {bad}; "
+                                       f"{comp} has roles {list(known) or ['all']} (or `all`, or [] for none)")
+
+
 def check_run_config(cfg) -> dict[str, StageConfig]:
     """Check every stage config of the run (the chain's, or `stage`) before anything is built; returns them by
     stage name."""
+    out = _check_stages(cfg)
+    model_cfg = _to_dict(cfg.get("model"))
+    where = "chain_stages" if cfg.get("chain") else None
+    for name, config in out.items():
+        _check_trainable(config, model_cfg, f"{where}.{name}" if where else "stage")
+    return out
+
+
+def _check_stages(cfg) -> dict[str, StageConfig]:
     chain = cfg.get("chain")
     if chain:
         stages = cfg.get("chain_stages") or {}
