@@ -211,7 +211,7 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
                                           "config.json and model.safetensors (written by save_pretrained)")
     try:
         cfg = json.loads((folder / "config.json").read_text())
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"pdfgc export: {folder / 'config.json'} is not valid JSON ({e})") from e
     module = build_component(cfg, source=str(folder / "config.json"))
     try:
