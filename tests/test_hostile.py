@@ -198,3 +198,155 @@ def test_no_unsafe_torch_load_outside_the_known_list():
         if "weights_only=False" in text or "allow_pickle=True" in text:
             found.add(f.relative_to(ROOT).as_posix())
     assert found <= KNOWN_UNSAFE_LOADS, sorted(found - KNOWN_UNSAFE_LOADS)
+
+
+# ------------------------------------------------------------------------------------------- lying media headers
+def _wav(path: Path, rate: int, channels: int, data_size: int, payload: bytes) -> Path:
+    """A PCM-16 WAV whose header says what we want, whatever the payload."""
+    import struct
+
+    fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 36 + data_size) + b"WAVE" + b"fmt " + fmt + b"data" +
+                     struct.pack("<I", data_size) + payload)
+    return path
+
+
+@pytest.mark.parametrize("rate,channels,limit", [(2, 1, "min_rate"), (16000, 1000, "max_channels"),
+                                                 (2_000_000, 1, "max_rate")])
+def test_audio_header_out_of_range_is_refused_before_decoding(tmp_path, rate, channels, limit):
+    # 2 Hz: resampling to 16 kHz would multiply the length by 8000 (a 100 MB file -> 3 TB of float32)
+    from pdfgc.data.audio import AudioError, load_audio
+
+    f = _wav(tmp_path / "lies.wav", rate, channels, 4000, b"\x01\x00" * 2000)
+    with pytest.raises(AudioError) as ei:
+        load_audio(f)
+    msg = _one_line(ei.value)
+    assert str(f) in msg and limit in msg
+
+
+def test_audio_header_announcing_more_data_than_the_file_holds_stays_bounded(tmp_path):
+    from pdfgc.data.audio import load_audio
+
+    # the data chunk claims 2 GB; 1000 samples follow
+    f = _wav(tmp_path / "claims_2gb.wav", 16000, 1, 0x7FFFFFF0, (np.arange(1000, dtype=np.int16) * 20).tobytes())
+    wav = load_audio(f)
+    assert wav.shape == (1000,)
+    np.testing.assert_allclose(wav, np.arange(1000) * 20 / 32768.0, atol=1e-6)
+
+
+def test_audio_longer_than_max_seconds_is_refused(tmp_path):
+    from pdfgc.data.audio import AudioError, load_audio
+
+    f = _wav(tmp_path / "long.wav", 16000, 1, 2 * 32000, np.zeros(32000, np.int16).tobytes())  # 2 s
+    with pytest.raises(AudioError, match=r"max_seconds=1\b"):
+        load_audio(f, max_seconds=1.0)
+    assert load_audio(f, max_seconds=3.0).shape == (32000,)
+
+
+def _video(path: Path, n: int = 50, size: int = 32, fmt: str = "matroska", faststart: bool = False) -> Path:
+    import av
+
+    opts = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", format=fmt, options=opts) as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width = vs.height = size
+        vs.pix_fmt = "yuv420p"
+        for i in range(n):
+            f = np.full((size, size, 3), (i * 5) % 256, np.uint8)
+            for pk in vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(pk)
+        for pk in vs.encode():
+            out.mux(pk)
+    return path
+
+
+def test_audio_in_a_container_longer_than_max_seconds_is_refused(tmp_path):
+    # PyAV path (soundfile cannot read mp4): the stream header's duration is checked before decoding
+    from pdfgc.data.audio import AudioError, load_audio
+    from pdfgc.data.video import write_video
+
+    f = write_video(tmp_path / "talk.mp4", np.zeros((5, 16, 16, 3), np.uint8), audio=np.zeros(48000, np.float32))
+    with pytest.raises(AudioError, match=r"max_seconds=1\b"):
+        load_audio(f, max_seconds=1.0)
+
+
+@pytest.mark.parametrize("kw,limit", [({"max_pixels": 32 * 31}, "max_pixels"), ({"frame_limit": 40}, "frame_limit"),
+                                      ({"max_bytes": 32 * 32 * 3 * 40}, "max_bytes")])
+def test_video_header_over_a_limit_is_refused_before_decoding(tmp_path, kw, limit):
+    from pdfgc.data.video import MediaError, read_frames
+
+    f = _video(tmp_path / "v.mkv", n=50)
+    with pytest.raises(MediaError) as ei:
+        read_frames(f, fps=None, **kw)
+    msg = _one_line(ei.value)
+    assert str(f) in msg and limit in msg
+    assert len(read_frames(f, fps=None)[0]) == 50  # within the default limits it reads
+
+
+@pytest.mark.parametrize("fmt,ext,faststart", [("matroska", "mkv", False), ("mp4", "mp4", True)])
+def test_truncated_driver_is_used_in_part_with_a_warning_saying_how_much(tmp_path, fmt, ext, faststart):
+    from pdfgc.data.video import PartialMediaWarning, read_frames
+
+    f = _video(tmp_path / f"v.{ext}", n=50, fmt=fmt, faststart=faststart)
+    f.write_bytes(f.read_bytes()[: int(f.stat().st_size * 0.6)])
+    with pytest.warns(PartialMediaWarning) as rec:
+        frames, _ = read_frames(f, fps=None)
+    assert 0 < len(frames) < 50
+    msg = str(rec[0].message)
+    assert str(f) in msg and f"only {len(frames)} frames of the 50" in msg
+
+
+def test_complete_video_gives_no_partial_warning(tmp_path):
+    import warnings
+
+    from pdfgc.data.video import PartialMediaWarning, read_frames
+
+    f = _video(tmp_path / "v.mkv", n=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartialMediaWarning)
+        assert len(read_frames(f, fps=25)[0]) == 30
+        assert len(read_frames(f, fps=25, max_frames=10)[0]) == 10
+
+
+def _png_header_only(path: Path, w: int, h: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+                     chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_header_announcing_a_giant_image_is_refused_before_decoding(tmp_path):
+    from pdfgc.pipeline.inputs import read_image
+
+    f = _png_header_only(tmp_path / "bomb.png", 60000, 60000)  # 3.6 G pixels = 10.8 GB of RGB, in 60 bytes
+    with pytest.raises(UserError) as ei:
+        read_image(f)
+    msg = _one_line(ei.value)
+    assert str(f) in msg and "max_pixels=100,000,000" in msg and "60000x60000" in msg
+
+
+def test_truncated_jpeg_is_refused_saying_how_much_decodes(tmp_path):
+    import cv2
+
+    from pdfgc.pipeline.inputs import read_image
+
+    rng = np.random.RandomState(0)
+    img = rng.randint(0, 256, (160, 120, 3), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", img)[1].tobytes()
+    good = tmp_path / "whole.jpg"
+    good.write_bytes(whole)
+    assert read_image(good).shape == (160, 120, 3)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: int(len(whole) * 0.8)])
+    with pytest.raises(UserError) as ei:
+        read_image(cut)
+    msg = _one_line(ei.value)
+    m = re.search(r"only the top (\d+) of 160 rows", msg)
+    assert str(cut) in msg and "truncated JPEG" in msg and m
+    # noise compresses uniformly: about 80% of the rows arrived (MCU rows of 8 or 16 pixels)
+    assert 0.6 * 160 <= int(m.group(1)) <= 0.85 * 160

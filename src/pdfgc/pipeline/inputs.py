@@ -42,17 +42,69 @@ class Driver:
     path: Path | None = None
 
 
-def read_image(path) -> np.ndarray:
-    """Read one image file as uint8 RGB `(H, W, 3)` (grey and RGBA are converted); clear error if unreadable."""
+MAX_IMAGE_PIXELS = 100_000_000  # 100 MP (300 MB of RGB); checked on the header before decoding
+
+
+def image_header_size(path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding it (PIL reads headers lazily); None when PIL
+    does not know the format (OpenCV then decides)."""
+    try:
+        import warnings
+
+        from PIL import Image
+    except ImportError:
+        return None
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit applies; PIL's bomb check would raise before we can name it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _jpeg_truncation(path: Path, img: np.ndarray) -> str | None:
+    """A description of how much of a truncated JPEG decoded, or None when the file is complete. A JPEG ends with
+    the end-of-image marker FF D9; libjpeg paints the rows it never received a flat grey (128)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 4096))
+        tail = f.read().rstrip(b"\x00\r\n ")
+    if tail.endswith(b"\xff\xd9"):
+        return None
+    painted = np.flatnonzero(~(img == 128).all(axis=(1, 2)))
+    usable = int(painted[-1]) + 1 if len(painted) else 0
+    return (f"truncated JPEG ({size:,} bytes, no end-of-image marker): only the top {usable} of {img.shape[0]} rows "
+            f"({usable / img.shape[0]:.0%}) decode, the rest would be flat grey")
+
+
+def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read one image file as uint8 RGB `(H, W, 3)` (grey and RGBA are converted); clear error if unreadable,
+    larger than `max_pixels` (checked on the header, before decoding) or a truncated JPEG."""
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such image file")
+    size = image_header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise PipelineError(f"{path}: the header says {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than "
+                            f"max_pixels={max_pixels:,} (pdfgc.pipeline.inputs.MAX_IMAGE_PIXELS); scale the image "
+                            "down (a portrait needs a few hundred pixels around the face)")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise PipelineError(f"{path}: cannot read as an image (corrupt or unsupported format); "
                             f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    truncated = _jpeg_truncation(path, img)
+    if truncated is not None:
+        raise PipelineError(f"{path}: {truncated}; re-download or re-export the image")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
