@@ -350,3 +350,97 @@ def test_truncated_jpeg_is_refused_saying_how_much_decodes(tmp_path):
     assert str(cut) in msg and "truncated JPEG" in msg and m
     # noise compresses uniformly: about 80% of the rows arrived (MCU rows of 8 or 16 pixels)
     assert 0.6 * 160 <= int(m.group(1)) <= 0.85 * 160
+
+
+# ------------------------------------------------------------------------------------- preprocessing walk and claims
+def _touch_videos(folder: Path, names) -> None:
+    for n in names:
+        (folder / n).parent.mkdir(parents=True, exist_ok=True)
+        (folder / n).write_bytes(b"not decoded by discover")
+
+
+def test_walk_follows_links_but_never_loops_nor_repeats(tmp_path):
+    from preprocess.run import discover
+
+    root = tmp_path / "in"
+    _touch_videos(root, ["id00001/a/00001.mp4", "id00001/a/00002.mp4", "id00002/b/00001.mp4"])
+    (root / "id00001" / "a" / "loop").symlink_to(root / "id00001")  # a cycle
+    (root / "id00001" / "a" / "up").symlink_to(root)  # a cycle through the root
+    (root / "id00003").symlink_to(root / "id00002")  # the same folder under a second name
+    (root / "id00002" / "b" / "00002.mp4").symlink_to(root / "id00001" / "a" / "00001.mp4")  # the same file
+    outside = tmp_path / "store"
+    _touch_videos(outside, ["x/00009.mp4"])
+    (root / "id00004").symlink_to(outside)  # a link into a data store is followed
+    keys = [t.key for t in discover(root)]
+    assert keys == ["id00001/a/00001", "id00001/a/00002", "id00002/b/00001", "id00004/x/00009"]
+
+
+class _FakeClips:
+    """Stands in for process_clip: writes a clip file and records every call (in this process: workers=1)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, src, key, identity, out_dir, backend, opts, rel_src=None, timings=None):
+        from pdfgc.data import clipstore
+
+        self.calls.append(key)
+        p = clipstore.clip_path(out_dir, key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"clip")
+        return {"key": key, "identity": identity, "src": rel_src, "backend": "fake", "status": "ok", "reason": "",
+                "num_frames": 30, "path": clipstore.clip_relpath(key)}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_claims_make_concurrent_runs_do_each_clip_once(tmp_path, monkeypatch):
+    import socket
+
+    from preprocess import run as R
+
+    fake = _FakeClips()
+    monkeypatch.setattr(R, "process_clip", fake)
+    monkeypatch.setattr(R, "_make_backend", lambda opts, kw: None)
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _touch_videos(inp, [f"id0000{i}/v/00001.mp4" for i in range(4)])
+    host = socket.gethostname()
+    # another live run (our parent process) holds clip 1; a killed run (dead pid) left a claim on clip 2
+    R.claim_path(out, "id00001/v/00001").parent.mkdir(parents=True)
+    R.claim_path(out, "id00001/v/00001").write_text(f"{host} {os.getppid()}")
+    R.claim_path(out, "id00002/v/00001").parent.mkdir(parents=True)
+    R.claim_path(out, "id00002/v/00001").write_text(f"{host} {_dead_pid()}")
+    # and a third run finished clip 3 after this run listed its pending clips
+    real_pending = R.pending_tasks
+
+    def pending_then_other_run_finishes(tasks, out_dir, retry):
+        todo = real_pending(tasks, out_dir, retry)
+        fake(None, "id00003/v/00001", "id00003", out_dir, None, None)
+        return todo
+
+    monkeypatch.setattr(R, "pending_tasks", pending_then_other_run_finishes)
+    rep = R.run(R.RunConfig(input=str(inp), output=str(out), progress=False))
+    assert fake.calls == ["id00003/v/00001", "id00000/v/00001", "id00002/v/00001"]  # each clip once
+    assert rep["this_run"]["claimed_elsewhere"] == 2 and rep["this_run"]["ok"] == 2
+    assert R.claim_path(out, "id00001/v/00001").read_text() == f"{host} {os.getppid()}"  # theirs: untouched
+    assert not R.claim_path(out, "id00000/v/00001").exists()  # ours: released once recorded
+    assert not R.claim_path(out, "id00002/v/00001").exists()
+
+
+def test_a_claim_from_another_host_is_taken_over_only_when_old(tmp_path):
+    from preprocess import run as R
+
+    p = R.claim_path(tmp_path, "k")
+    p.parent.mkdir(parents=True)
+    p.write_text("some-other-host 12345")
+    assert not R.claim(tmp_path, "k")
+    old = p.stat().st_mtime - R.STALE_CLAIM_S - 10
+    os.utime(p, (old, old))
+    assert R.claim(tmp_path, "k") and p.read_text().split()[1] == str(os.getpid())
