@@ -444,3 +444,84 @@ def test_a_claim_from_another_host_is_taken_over_only_when_old(tmp_path):
     old = p.stat().st_mtime - R.STALE_CLAIM_S - 10
     os.utime(p, (old, old))
     assert R.claim(tmp_path, "k") and p.read_text().split()[1] == str(os.getpid())
+
+
+# ------------------------------------------------------------------------------------------- vox2 without a test split
+def _tiny_vox2(root: Path, identities) -> Path:
+    from pdfgc.data import clipstore
+
+    for n, ident in enumerate(identities):
+        key = f"{ident}/v/00001"
+        frames = np.full((30, 64, 64, 3), 40 * n, np.uint8)
+        jpeg, off = clipstore.encode_jpeg_frames(frames, 90)
+        arrays = {"jpeg": jpeg, "jpeg_offsets": off, "mel": np.full((127, 80), 0.5, np.float32),
+                  "audio": np.zeros(640 * 30, np.int16), "landmarks": np.full((30, 68, 2), 32.0, np.float32)}
+        clipstore.write_clip(clipstore.clip_path(root, key), arrays, {"key": key, "image_size": 64})
+        clipstore.append_record(root / "manifest" / clipstore.part_name(0, 1),
+                                {"key": key, "identity": ident, "status": "ok", "reason": "", "num_frames": 30,
+                                 "image_size": 64, "path": f"clips/{key}.npz"})
+    return root
+
+
+def test_vox2_small_set_without_test_identities_says_what_to_do(tmp_path):
+    from preprocess.cli import main as preprocess_main
+
+    from pdfgc.data.vox2 import Vox2Source
+
+    root = _tiny_vox2(tmp_path / "vox2", ["id00001", "id00002"])
+    assert preprocess_main(["--finalize-only", "--output", str(root)]) == 0  # no --input needed
+    assert (root / "splits" / "test.txt").read_text().split() == []  # 2% of 2 identities: none in test
+    assert len(Vox2Source(root, split="train")) == 2
+    with pytest.raises(UserError) as ei:
+        Vox2Source(root, split="test")
+    msg = _one_line(ei.value)
+    assert "test.txt" in msg and "data.val_source=null" in msg and "--split-file" in msg
+    # the advice works: choosing test identities at finalize time gives a test split
+    ids = tmp_path / "ids.txt"
+    ids.write_text("id00002\n")
+    assert preprocess_main(["--finalize-only", "--output", str(root), "--split-file", str(ids)]) == 0
+    assert [Vox2Source(root, split=s).identity_names for s in ("train", "test")] == [["id00001"], ["id00002"]]
+
+
+def test_vox2_training_data_without_validation_builds(tmp_path):
+    pytest.importorskip("hydra")
+    from hydra.utils import instantiate
+
+    from pdfgc.data.stage_datasets import PoseDataset
+    from pdfgc.train.config import compose
+
+    from preprocess.run import finalize
+
+    root = _tiny_vox2(tmp_path / "vox2", ["id00001", "id00002"])
+    finalize(root)
+    cfg = compose(["data=vox2", "stage=pose", "model=tiny", "data.num_workers=0", f"data.train_source.root={root}",
+                   "data.batch_size=2", "data.val_source=null"])
+    dm = instantiate(cfg.data, dataset=PoseDataset, _recursive_=False)
+    dm.setup()
+    assert dm.val_set is None and len(dm.train_source) == 2
+
+
+# ------------------------------------------------------------------------------------------------- advice that exists
+def test_infer_driver_with_too_few_faces_names_infer_options_not_preprocess_flags(monkeypatch):
+    from pdfgc.pipeline import _align_adapter
+    from pdfgc.pipeline.errors import PipelineError
+
+    class HalfTheFrames:  # a face in even frames only
+        def detect(self, img):
+            return [np.full((68, 2), 50.0, np.float32)] if img[0, 0, 0] % 2 == 0 else []
+
+    monkeypatch.setattr(_align_adapter, "landmark_backend", lambda backend, weights: HalfTheFrames())
+    frames = np.stack([np.full((100, 100, 3), i, np.uint8) for i in range(30)])
+    with pytest.raises(PipelineError) as ei:
+        _align_adapter.align(frames, sequence=True, backend="dlib", name="pose driver d.mp4")
+    msg = _one_line(ei.value)
+    assert "no face in 15 of 30 frames" in msg and "pose driver d.mp4" in msg
+    assert "max-missing" not in msg and "max_missing" not in msg and "aligned=true" in msg
+    # and the options it names exist on infer.py's settings
+    from pdfgc.pipeline.settings import InferenceSettings
+
+    assert "aligned" in InferenceSettings.__dataclass_fields__
+    # preprocess's advice names its own flag, which exists
+    from preprocess.cli import build_parser
+
+    assert "--max-missing" in build_parser().format_help()
