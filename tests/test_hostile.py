@@ -525,3 +525,17 @@ def test_infer_driver_with_too_few_faces_names_infer_options_not_preprocess_flag
     from preprocess.cli import build_parser
 
     assert "--max-missing" in build_parser().format_help()
+
+
+def test_frame_folder_driver_is_bounded_like_a_video(tmp_path):
+    import cv2
+
+    from pdfgc.pipeline.inputs import read_frame_folder
+
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / f"{i:06d}.png"), np.full((20, 20, 3), i, np.uint8))
+    assert read_frame_folder(tmp_path).shape == (6, 20, 20, 3)
+    with pytest.raises(UserError, match="frame_limit=5"):
+        read_frame_folder(tmp_path, frame_limit=5)
+    with pytest.raises(UserError, match=r"max_bytes=3,000 bytes of decoded frames after 3 of 6 images"):
+        read_frame_folder(tmp_path, max_bytes=3000)

@@ -225,16 +225,17 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
                             target_sr=int(target_sr)).astype(np.float32)
 
 
-def check_audio_header(path, sample_rate: float, channels: int, seconds: float | None, *,
+def check_audio_header(path, sample_rate: float | None, channels: int | None, seconds: float | None, *,
                        max_seconds: float = MAX_AUDIO_SECONDS, min_rate: float = MIN_AUDIO_RATE,
                        max_rate: float = MAX_AUDIO_RATE, max_channels: int = MAX_AUDIO_CHANNELS) -> None:
-    """AudioError unless a header's sample rate (Hz), channel count and duration (s; None = unknown) are plausible;
-    the message names the limit (an argument of the loaders, default `pdfgc.data.audio.<NAME>`)."""
-    if not min_rate <= float(sample_rate) <= max_rate:
+    """AudioError unless a header's sample rate (Hz), channel count and duration (s) are plausible (None = the
+    header does not say; decoding is bounded anyway); the message names the limit (an argument of the loaders,
+    default `pdfgc.data.audio.<NAME>`)."""
+    if sample_rate is not None and not min_rate <= float(sample_rate) <= max_rate:
         raise AudioError(f"{path}: the header says {sample_rate} Hz, outside [{min_rate}, {max_rate}] Hz (limits "
                          "min_rate/max_rate, pdfgc.data.audio.MIN_AUDIO_RATE/MAX_AUDIO_RATE); the file is damaged "
                          "or not audio: re-export it as a 16 kHz mono wav")
-    if not 1 <= int(channels) <= max_channels:
+    if channels is not None and not 1 <= int(channels) <= max_channels:
         raise AudioError(f"{path}: the header says {channels} channels, outside [1, {max_channels}] (limit "
                          "max_channels, pdfgc.data.audio.MAX_AUDIO_CHANNELS); re-export it as a mono wav")
     if seconds is not None and seconds > max_seconds:

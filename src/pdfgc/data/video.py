@@ -161,7 +161,7 @@ def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | Non
         stream = container.streams.audio[0]
         seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         try:
-            A.check_audio_header(path, stream.sample_rate or stream.rate or 0, stream.channels, seconds, **limits)
+            A.check_audio_header(path, stream.sample_rate or None, stream.channels or None, seconds, **limits)
         except A.AudioError as e:
             raise MediaError(str(e)) from e
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)

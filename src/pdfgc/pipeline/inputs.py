@@ -119,10 +119,26 @@ def list_frame_folder(folder) -> list[Path]:
     return files
 
 
-def read_frame_folder(folder) -> np.ndarray:
-    """All images of a folder as uint8 `(T, H, W, 3)`; every image must have the same size."""
+def read_frame_folder(folder, frame_limit: int | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """All images of a folder as uint8 `(T, H, W, 3)`; every image must have the same size. At most `frame_limit`
+    images and `max_bytes` bytes of decoded frames (defaults: pdfgc.data.video's MAX_VIDEO_FRAMES and
+    MAX_DECODED_BYTES, the limits of a video driver)."""
+    from pdfgc.data import video as V
+
+    frame_limit = V.MAX_VIDEO_FRAMES if frame_limit is None else frame_limit
+    max_bytes = V.MAX_DECODED_BYTES if max_bytes is None else max_bytes
     files = list_frame_folder(folder)
-    frames = [read_image(f) for f in files]
+    if len(files) > frame_limit:
+        raise PipelineError(f"{folder}: {len(files):,} images, more than frame_limit={frame_limit:,} "
+                            "(pdfgc.data.video.MAX_VIDEO_FRAMES); use a shorter driver")
+    frames, nbytes = [], 0
+    for f in files:
+        frames.append(read_image(f))
+        nbytes += frames[-1].nbytes
+        if nbytes > max_bytes:
+            raise PipelineError(f"{folder}: more than max_bytes={max_bytes:,} bytes of decoded frames after "
+                                f"{len(frames)} of {len(files)} images (pdfgc.data.video.MAX_DECODED_BYTES); use "
+                                "fewer or smaller frames")
     first = frames[0].shape
     for f, im in zip(files, frames):
         if im.shape != first:
