@@ -539,3 +539,33 @@ def test_frame_folder_driver_is_bounded_like_a_video(tmp_path):
         read_frame_folder(tmp_path, frame_limit=5)
     with pytest.raises(UserError, match=r"max_bytes=3,000 bytes of decoded frames after 3 of 6 images"):
         read_frame_folder(tmp_path, max_bytes=3000)
+
+
+# ------------------------------------------------------------------------------------------- through infer.py's main
+@pytest.mark.parametrize("how", ["pickle", "config"])
+def test_infer_command_with_a_hostile_checkpoint_exits_2_and_runs_nothing(official, tmp_path, marker, how, capsys):
+    import cv2
+    import soundfile as sf
+
+    from pdfgc.models.checkpoint import OFFICIAL_CONFIG_FILE
+    from pdfgc.pipeline.cli import main
+
+    folder = _copy(official, tmp_path / "ckpt")
+    if how == "pickle":
+        _evil_pickle(folder / "appearance_model.pth", marker)
+        named = folder / "appearance_model.pth"
+    else:
+        cfg = json.loads((folder / OFFICIAL_CONFIG_FILE).read_text())
+        cfg["audio"] = {"_target_": "subprocess.run", "args": ["touch", str(marker)]}
+        (folder / OFFICIAL_CONFIG_FILE).write_text(json.dumps(cfg))
+        named = folder / OFFICIAL_CONFIG_FILE
+    cv2.imwrite(str(tmp_path / "face.png"), np.full((224, 224, 3), 128, np.uint8))
+    t = np.arange(16000) / 16000.0
+    sf.write(str(tmp_path / "a.wav"), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    with pytest.raises(SystemExit) as ei:  # what `python infer.py ...` runs, in this process
+        main([f"ckpt={folder}", f"audio={tmp_path / 'a.wav'}", f"source={tmp_path / 'face.png'}",
+              f"out={tmp_path / 'o.mp4'}", "progress=false"], config_dir=ROOT / "configs")
+    assert ei.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pdfgc infer: error:") and str(named) in err[0], err
+    assert not (tmp_path / "o.mp4").exists()
