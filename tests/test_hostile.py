@@ -566,3 +566,24 @@ def test_infer_command_with_a_hostile_checkpoint_exits_2_and_runs_nothing(offici
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pdfgc infer: error:") and str(named) in err[0], err
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------- silent casts
+def test_integer_tensor_for_float_weights_is_refused_not_cast(official, tmp_path):
+    from pdfgc.models.bundle import load_official
+    from pdfgc.models.checkpoint import CheckpointError
+
+    folder = _copy(official, tmp_path / "ckpt")
+    sd = torch.load(folder / "motion_model.pth", weights_only=True)
+    key = next(k for k, v in sd.items() if v.is_floating_point() and v.numel() > 1)
+    sd[key] = (sd[key] * 100).to(torch.int64)
+    torch.save(sd, folder / "motion_model.pth")
+    with pytest.raises(CheckpointError) as ei:
+        load_official(folder)
+    msg = _one_line(ei.value)
+    assert str(folder / "motion_model.pth") in msg and f"{key}: expected torch.float32, file has torch.int64" in msg
+    # another float precision is a weight: loaded, as the reference does (values rounded to half precision)
+    sd[key] = torch.load(official / "motion_model.pth", weights_only=True)[key].half()
+    torch.save(sd, folder / "motion_model.pth")
+    got = load_official(folder).motion.state_dict()[key]
+    assert got.dtype == torch.float32 and torch.equal(got, sd[key].float())
