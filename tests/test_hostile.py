@@ -176,7 +176,7 @@ def test_clip_file_with_a_pickled_array_runs_no_code(tmp_path, marker):
     with zipfile.ZipFile(f, "w") as z:
         z.writestr("jpeg.npy", buf.getvalue())
         z.writestr("meta.npy", buf.getvalue())
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="allow_pickle|pickle|object"):
         clipstore.read_clip(f)
 
 
@@ -464,9 +464,8 @@ def _tiny_vox2(root: Path, identities) -> Path:
 
 
 def test_vox2_small_set_without_test_identities_says_what_to_do(tmp_path):
-    from preprocess.cli import main as preprocess_main
-
     from pdfgc.data.vox2 import Vox2Source
+    from preprocess.cli import main as preprocess_main
 
     root = _tiny_vox2(tmp_path / "vox2", ["id00001", "id00002"])
     assert preprocess_main(["--finalize-only", "--output", str(root)]) == 0  # no --input needed
@@ -487,7 +486,6 @@ def test_vox2_training_data_without_validation_builds(tmp_path):
     # what `data=vox2 data.val_source=null` gives the data module (the advice of the message above)
     from pdfgc.data.stage_datasets import PoseDataset
     from pdfgc.train.datamodule import PDFGCDataModule
-
     from preprocess.run import finalize
 
     root = _tiny_vox2(tmp_path / "vox2", ["id00001", "id00002"])
@@ -587,3 +585,18 @@ def test_integer_tensor_for_float_weights_is_refused_not_cast(official, tmp_path
     torch.save(sd, folder / "motion_model.pth")
     got = load_official(folder).motion.state_dict()[key]
     assert got.dtype == torch.float32 and torch.equal(got, sd[key].float())
+
+
+def test_truncated_progressive_jpeg_is_refused_and_padding_after_the_end_is_fine(tmp_path):
+    import cv2
+
+    from pdfgc.pipeline.inputs import read_image
+
+    img = np.random.RandomState(1).randint(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: int(len(whole) * 0.8)])
+    with pytest.raises(UserError, match="truncated JPEG .* decodes only in part"):
+        read_image(tmp_path / "cut.jpg")
+    (tmp_path / "padded.jpg").write_bytes(whole + b"\x00\x00\n")  # some writers pad after the end marker
+    want = cv2.imread(str(tmp_path / "padded.jpg"))[:, :, ::-1]
+    np.testing.assert_array_equal(read_image(tmp_path / "padded.jpg"), want)

@@ -35,14 +35,15 @@ class PDFGCModels(nn.Module):
         a, m, g = appearance.config, motion.config, generator.config
         expected_style = appearance.app_dim + audio.config["lip_dim"] + m["emo_dim"] + m["eye_dim"] + m["pose_dim"]
         if g["style_dim"] != expected_style:
-            raise ModelConfigError(f"PDFGCModels: generator.style_dim={g['style_dim']} but app_dim {appearance.app_dim} + "
-                             f"lip {audio.config['lip_dim']} + emo {m['emo_dim']} + eye {m['eye_dim']} + pose "
-                             f"{m['pose_dim']} = {expected_style}; fix the model config")
+            raise ModelConfigError(f"PDFGCModels: generator.style_dim={g['style_dim']} but app_dim "
+                                   f"{appearance.app_dim} + lip {audio.config['lip_dim']} + emo {m['emo_dim']} + eye "
+                                   f"{m['eye_dim']} + pose {m['pose_dim']} = {expected_style}; fix the model config")
         if audio.config["lip_dim"] != m["lip_dim"]:
-            raise ModelConfigError(f"PDFGCModels: audio lip_dim {audio.config['lip_dim']} != motion lip_dim {m['lip_dim']}")
+            raise ModelConfigError(f"PDFGCModels: audio lip_dim {audio.config['lip_dim']} != motion lip_dim "
+                                   f"{m['lip_dim']}; fix the model config")
         if (a["spatial_dim"], a["spatial_size"]) != (generator.spatial_channels, generator.start_size):
-            raise ModelConfigError(f"PDFGCModels: appearance f_sp is {a['spatial_dim']}x{a['spatial_size']}^2 but the "
-                             f"generator starts at {generator.spatial_channels}x{generator.start_size}^2")
+            raise ModelConfigError(f"PDFGCModels: appearance f_sp is {a['spatial_dim']}x{a['spatial_size']}^2 but "
+                                   f"the generator starts at {generator.spatial_channels}x{generator.start_size}^2")
         self.load_report: dict = {}
 
     @property

@@ -81,6 +81,8 @@ def _jpeg_truncation(path: Path, img: np.ndarray) -> str | None:
         return None
     painted = np.flatnonzero(~(img == 128).all(axis=(1, 2)))
     usable = int(painted[-1]) + 1 if len(painted) else 0
+    if usable == img.shape[0]:  # a progressive JPEG: every row, but only the coarse passes that arrived
+        return f"truncated JPEG ({size:,} bytes, no end-of-image marker): it decodes only in part (reduced detail)"
     return (f"truncated JPEG ({size:,} bytes, no end-of-image marker): only the top {usable} of {img.shape[0]} rows "
             f"({usable / img.shape[0]:.0%}) decode, the rest would be flat grey")
 
