@@ -600,3 +600,12 @@ def test_truncated_progressive_jpeg_is_refused_and_padding_after_the_end_is_fine
     (tmp_path / "padded.jpg").write_bytes(whole + b"\x00\x00\n")  # some writers pad after the end marker
     want = cv2.imread(str(tmp_path / "padded.jpg"))[:, :, ::-1]
     np.testing.assert_array_equal(read_image(tmp_path / "padded.jpg"), want)
+
+
+def test_preprocess_without_input_is_one_line_exit_2(tmp_path, capsys):
+    from preprocess.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--output", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("pdfgc preprocess: error: --input is required") and err.count("\n") == 1
