@@ -609,3 +609,15 @@ def test_preprocess_without_input_is_one_line_exit_2(tmp_path, capsys):
         main(["--output", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("pdfgc preprocess: error: --input is required") and err.count("\n") == 1
+
+
+def test_oversized_config_file_is_refused_before_parsing(official, tmp_path):
+    from pdfgc.models.bundle import convert_official, load_any
+
+    export = convert_official(official, tmp_path / "export")
+    cfg_file = export / "audio" / "config.json"
+    cfg_file.write_text('{"_target_": "pdfgc.models.audio.AudioEncoder", "pad": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(UserError) as ei:
+        load_any(export)
+    msg = _one_line(ei.value)
+    assert str(cfg_file) in msg and "max_bytes=1,048,576" in msg

@@ -15,7 +15,7 @@ from .checkpoint import (EXPORT_FORMAT, EXPORT_INDEX, EXPORT_VERSION, OFFICIAL_C
                          load_component,
                          match_state_dict, official_file, read_state_dict, save_component)
 from .config import (INFERENCE_COMPONENTS, ConfigLike, ModelConfigError, build_component, component_config,
-                     load_model_config)
+                     load_model_config, read_config_json)
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +188,7 @@ def load_pretrained(path, device: str | torch.device = "cpu") -> PDFGCModels:
     if not idx.is_file():
         raise CheckpointNotFoundError(f"pdfgc export: {idx} not found; {folder} is not a pdfgc export "
                                       "(written by PDFGCModels.save_pretrained / python -m pdfgc.models.convert)")
-    try:
-        index = json.loads(idx.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"pdfgc export: {idx} is not valid JSON ({e}); re-export the folder with "
-                              "python -m pdfgc.models.convert") from e
+    index = read_config_json(idx, error=CheckpointError)
     if not isinstance(index, dict):
         raise CheckpointError(f"pdfgc export: {idx} holds a JSON {type(index).__name__}, expected an object "
                               "{\"format\", \"version\", \"components\"}; re-export the folder")

@@ -30,7 +30,7 @@ from torch import nn
 from pdfgc.errors import UserError
 from pdfgc.fileio import atomic_path
 
-from .config import build_component, component_config
+from .config import build_component, component_config, read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,7 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
         if not (folder / f).is_file():
             raise CheckpointNotFoundError(f"pdfgc export: {folder / f} not found; a component folder holds "
                                           "config.json and model.safetensors (written by save_pretrained)")
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"pdfgc export: {folder / 'config.json'} is not valid JSON ({e})") from e
+    cfg = read_config_json(folder / "config.json", error=CheckpointError)
     module = build_component(cfg, source=str(folder / "config.json"))
     try:
         sd = load_file(str(folder / "model.safetensors"))

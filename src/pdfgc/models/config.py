@@ -43,6 +43,26 @@ class ModelConfigError(UserError, ValueError):
     """A model config names a class outside pdfgc's networks, lacks an entry, or states a derived size wrongly."""
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a JSON config from a checkpoint folder or export is a few hundred bytes
+
+
+def read_config_json(path, max_bytes: int = MAX_CONFIG_BYTES, error: type = ModelConfigError) -> Any:
+    """The JSON value of a small config file (from a folder someone gave you): `error` naming the file when it is
+    larger than `max_bytes`, not UTF-8 or not JSON."""
+    import json
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise error(f"{path}: {size:,} bytes, more than max_bytes={max_bytes:,} for a config file "
+                    "(pdfgc.models.config.MAX_CONFIG_BYTES); the file is not a pdfgc config")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-create it (save_pretrained / "
+                    "python -m pdfgc.models.convert)") from e
+
+
 def config_dir() -> Path:
     """The folder holding the model configs (`<name>.yaml`), first that exists of:
 
@@ -89,14 +109,7 @@ def load_model_config(config: ConfigLike = "pdfgc") -> dict:
                                 f"(or pass a path to a yaml/json file, or a dict; set {CONFIG_DIR_ENV} to a copy "
                                 "of the repository's configs/model when pdfgc is installed without it)")
     if path.suffix == ".json":
-        import json
-
-        try:
-            return resolve_model_config(json.loads(path.read_text()), source=str(path))
-        except ValueError as e:
-            if isinstance(e, UserError):
-                raise
-            raise ModelConfigError(f"model config {path} is not valid JSON ({e})") from e
+        return resolve_model_config(read_config_json(path), source=str(path))
     from omegaconf import OmegaConf
 
     return resolve_model_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True), source=str(path))
