@@ -621,3 +621,16 @@ def test_oversized_config_file_is_refused_before_parsing(official, tmp_path):
         load_any(export)
     msg = _one_line(ei.value)
     assert str(cfg_file) in msg and "max_bytes=1,048,576" in msg
+
+
+def test_video_whose_header_gives_no_count_is_still_bounded_while_decoding(tmp_path, monkeypatch):
+    from pdfgc.data import video as V
+
+    f = _video(tmp_path / "v.mkv", n=50)
+    monkeypatch.setattr(V, "_header_frames", lambda container, stream, native: None)  # a header that says nothing
+    with pytest.raises(V.MediaError) as ei:
+        V.read_frames(f, fps=None, frame_limit=40)
+    msg = _one_line(ei.value)
+    assert "frame_limit=40" in msg and "announced no count" in msg
+    with pytest.raises(V.MediaError, match="max_bytes=30,720"):
+        V.read_frames(f, fps=None, max_bytes=32 * 32 * 3 * 10)

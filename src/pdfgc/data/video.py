@@ -87,8 +87,8 @@ def read_frames(path, fps: float | None = FPS, max_frames: int | None = None, *,
         if wanted is not None and (wanted > frame_limit or wanted * max(w * h * 3, 1) > max_bytes):
             raise MediaError(f"{path}: the header announces {wanted:,} frames of {w}x{h}, more than "
                              f"frame_limit={frame_limit:,} frames or max_bytes={max_bytes:,} bytes of decoded "
-                             "frames (pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video or "
-                             "pass max_frames")
+                             "frames (pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video "
+                             "shorter or scale it down")
         # with fps and max_frames, frames past this time are never selected: stop decoding there
         t_stop = None if fps is None or max_frames is None else (int(max_frames) + 1) / fps
         out, times, nbytes, failure = [], [], 0, None
@@ -104,8 +104,8 @@ def read_frames(path, fps: float | None = FPS, max_frames: int | None = None, *,
                     raise MediaError(f"{path}: more than frame_limit={frame_limit:,} frames or max_bytes="
                                      f"{max_bytes:,} bytes decoded (the header announced "
                                      f"{'no count' if announced is None else f'{announced:,} frames'}; "
-                                     "pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video or "
-                                     "pass max_frames")
+                                     "pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video "
+                                     "shorter or scale it down")
                 if fps is None and max_frames is not None and len(out) >= max_frames:
                     break
             else:
