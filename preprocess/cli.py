@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a folder of talking-face videos (VoxCeleb2 id*/video_id/*.mp4, or any videos) into aligned "
                     "224x224 clips with 16 kHz audio, mel features, landmarks, head pose and eye statistics, plus a "
                     "jsonl manifest and identity split lists. Resumable: rerun the same command to continue.")
-    p.add_argument("--input", required=True, help="input folder (searched recursively for videos)")
+    p.add_argument("--input", default=None, help="input folder (searched recursively for videos); required unless "
+                   "--finalize-only")
     p.add_argument("--output", required=True, help="output folder, e.g. datasets/vox2")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one core each); default 1")
     p.add_argument("--backend", default="dlib", choices=list(LANDMARK_BACKENDS),
@@ -75,6 +76,9 @@ def _main(args) -> int:
     if args.finalize_only:
         print_report(finalize(args.output, args.test_fraction, args.split_file))
         return 0
+    if not args.input:
+        raise PreprocessError("--input is required (the folder of videos to preprocess); only --finalize-only "
+                              "works on --output alone")
     opts = ClipOptions(backend=args.backend, min_frames=args.min_frames, max_frames=args.max_frames,
                        max_missing=args.max_missing, detect_every=args.detect_every, smooth_sigma=args.smooth,
                        several_faces=args.several_faces,

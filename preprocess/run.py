@@ -42,20 +42,41 @@ def identity_of(rel: Path) -> str:
 
 
 def discover(input_dir) -> list[ClipTask]:
-    """Every video file under `input_dir` (recursively; extensions of pdfgc.data.video), sorted by key."""
+    """Every video file under `input_dir` (recursively; extensions of pdfgc.data.video), sorted by key.
+
+    Symbolic links are followed (an input tree may link into a data store), but each real folder is entered once
+    (a link cycle, or two links to one folder, is walked once) and each real file is taken once (under the first
+    name the sorted walk meets), so no clip is processed twice.
+    """
     root = Path(input_dir)
     if not root.is_dir():
         raise PreprocessError(f"--input {root}: not a folder; pass the VoxCeleb2 root (id*/video_id/*.mp4) or any "
                                 "folder of videos")
     tasks = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen_dirs:  # reached again through a link: already walked (or a cycle)
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for fn in sorted(filenames):
             if fn.startswith(".") or Path(fn).suffix.lower() not in VIDEO_EXTENSIONS:
                 continue
             p = Path(dirpath) / fn
+            try:
+                fst = p.stat()
+            except OSError:  # a dangling link
+                continue
             rel = p.relative_to(root)
-            tasks.append(ClipTask(rel.with_suffix("").as_posix(), identity_of(rel), str(p)))
+            key = rel.with_suffix("").as_posix()
+            ident = (fst.st_dev, fst.st_ino)
+            if ident in seen_files:  # the same file under another name (a link): once is enough
+                continue
+            seen_files[ident] = key
+            tasks.append(ClipTask(key, identity_of(rel), str(p)))
     tasks.sort(key=lambda t: t.key)
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
@@ -77,6 +98,83 @@ def is_test_identity(identity: str, test_fraction: float) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# claims: runs sharing an output folder (two terminals, or machines of a sharded run given the same shard) process
+# each clip once. A run claims a clip by creating `claims/<key>.claim` with O_EXCL (atomic, also on NFS v3+) holding
+# "<host> <pid>" of the run; the claim is released once the clip's record is in the manifest. A claim of a process
+# that is gone (same host, pid not alive), or older than STALE_CLAIM_S from another host, is taken over.
+
+CLAIMS_DIR = "claims"
+STALE_CLAIM_S = 24 * 3600.0
+
+
+def claim_path(out_dir, key: str) -> Path:
+    return Path(out_dir) / CLAIMS_DIR / f"{key}.claim"
+
+
+def _owner() -> str:
+    import socket
+
+    return f"{socket.gethostname()} {_WORKER_ARGS.get('owner_pid', os.getpid())}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(path: Path, owner: str, stale_s: float) -> bool:
+    import socket
+
+    try:
+        host, pid = path.read_text().split()
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):  # unreadable or half-written: stale only when old
+        try:
+            return time.time() - path.stat().st_mtime > 60.0
+        except OSError:
+            return True  # gone meanwhile: try again
+    if f"{host} {pid}" == owner:
+        return True  # our own (a worker of this run that died with the clip in flight)
+    if host == socket.gethostname():
+        return not _pid_alive(int(pid))
+    return age > stale_s
+
+
+def claim(out_dir, key: str, stale_s: float = STALE_CLAIM_S) -> bool:
+    """Claim clip `key` for this run; False when another live run holds it. Stale claims are taken over."""
+    path = claim_path(out_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = _owner()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _is_stale(path, owner, stale_s):
+                return False
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+        return True
+    return False
+
+
+def release(out_dir, key: str) -> None:
+    try:
+        claim_path(out_dir, key).unlink()
+    except FileNotFoundError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------------------
 # workers: one landmark backend per process, built once
 
 _BACKEND = None
@@ -89,7 +187,8 @@ def _make_backend(opts: ClipOptions, backend_kwargs: dict):
     return get_backend(opts.backend, **backend_kwargs)
 
 
-def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_dir: str) -> None:
+def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_dir: str,
+                 owner_pid: int | None = None) -> None:
     global _BACKEND
     os.environ["OMP_NUM_THREADS"] = "1"  # one core per worker: parallelism comes from processes
     try:
@@ -100,7 +199,8 @@ def _init_worker(opts: ClipOptions, backend_kwargs: dict, out_dir: str, input_di
         pass
     if "torch" in sys.modules:  # only the face_alignment backend needs torch: do not import it for dlib
         sys.modules["torch"].set_num_threads(1)
-    _WORKER_ARGS.update(opts=opts, out_dir=out_dir, input_dir=input_dir)
+    _WORKER_ARGS.update(opts=opts, out_dir=out_dir, input_dir=input_dir,
+                        owner_pid=os.getpid() if owner_pid is None else owner_pid)
     _BACKEND = _make_backend(opts, backend_kwargs)
 
 
@@ -108,6 +208,12 @@ def _work(task: ClipTask) -> dict:
     a = _WORKER_ARGS
     if os.environ.get("PDFGC_PREPROCESS_CRASH_KEY") == task.key:  # test aid: simulate a native crash / OOM kill
         os._exit(70)
+    if not claim(a["out_dir"], task.key):
+        return {"key": task.key, "claimed_elsewhere": True}
+    if clipstore.clip_path(a["out_dir"], task.key).is_file():
+        # another run finished it after this run listed its pending clips
+        release(a["out_dir"], task.key)
+        return {"key": task.key, "claimed_elsewhere": True}
     rel = os.path.relpath(task.src, a["input_dir"])
     return process_clip(task.src, task.key, task.identity, a["out_dir"], _BACKEND, a["opts"], rel_src=rel)
 
@@ -124,7 +230,7 @@ def _run_parallel(cfg, todo: list[ClipTask], out: str, input_dir: str, consume) 
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # no forked torch/dlib state; same behaviour on every OS
-    initargs = (cfg.opts, cfg.backend_kwargs, out, input_dir)
+    initargs = (cfg.opts, cfg.backend_kwargs, out, input_dir, os.getpid())
     queue = list(reversed(todo))
     suspects: list[ClipTask] = []
     while queue or suspects:
@@ -245,7 +351,12 @@ def run(cfg: RunConfig) -> dict:
 
     def consume(rec: dict) -> None:
         nonlocal frames
+        if rec.get("claimed_elsewhere"):  # another run holds or finished it
+            counts["claimed_elsewhere"] += 1
+            bar.update(1)
+            return
         clipstore.append_record(part, rec)
+        release(out, rec["key"])
         counts[rec["status"]] += 1
         if rec["status"] != "ok":
             reasons[f"{rec['status']}:{rec['reason']}"] += 1
@@ -266,10 +377,12 @@ def run(cfg: RunConfig) -> dict:
         bar.close()
     elapsed = time.perf_counter() - t0
     report = finalize(out, cfg.test_fraction, cfg.split_file)
-    report["this_run"] = {"processed": sum(counts.values()), "ok": counts["ok"], "skipped": counts["skipped"],
+    processed = counts["ok"] + counts["skipped"] + counts["failed"]
+    report["this_run"] = {"processed": processed, "ok": counts["ok"], "skipped": counts["skipped"],
                           "failed": counts["failed"], "reasons": dict(sorted(reasons.items())),
-                          "seconds": round(elapsed, 2), "frames": frames,
-                          "clips_per_s": round(sum(counts.values()) / elapsed, 3) if elapsed > 0 else None,
+                          "claimed_elsewhere": counts["claimed_elsewhere"], "seconds": round(elapsed, 2),
+                          "frames": frames,
+                          "clips_per_s": round(processed / elapsed, 3) if elapsed > 0 else None,
                           "shard": cfg.shard, "num_shards": cfg.num_shards}
     clipstore.write_bytes(out / "report.json", json.dumps(report, indent=2, sort_keys=True).encode())
     print_report(report, file=sys.stderr)
@@ -303,7 +416,8 @@ def print_report(report: dict, file=sys.stderr) -> None:
     if tr:
         print(f"[preprocess] this run: {tr['processed']} clips in {tr['seconds']} s "
               f"({tr['clips_per_s']} clips/s, {tr['frames']} frames): ok {tr['ok']}, skipped {tr['skipped']}, "
-              f"failed {tr['failed']}", file=file)
+              f"failed {tr['failed']}" + (f"; {tr['claimed_elsewhere']} left to another run working on the same "
+                                         "output" if tr.get("claimed_elsewhere") else ""), file=file)
     print(f"[preprocess] output total: {tot['clips']} clips: ok {tot['ok']}, skipped {tot['skipped']}, failed "
           f"{tot['failed']}; {tot['identities']} identities ({tot['test_identities']} in test); "
           f"{tot['frames']} frames", file=file)

@@ -40,6 +40,14 @@ AMP_FLOOR = 1e-5  # = 10 ** (MIN_LEVEL_DB / 20)
 PRE_PAD = WIN_LENGTH - HOP_LENGTH  # 1120 zeros before the signal (lws perfectrec with 1280 % 160 == 0)
 
 
+# plausibility limits checked on a file's header before decoding (a lying header must not make pdfgc allocate without
+# bound); every loader takes them as arguments, these are the defaults
+MAX_AUDIO_SECONDS = 3600.0  # one hour: 230 MB of 16 kHz float32, the largest decode buffer at 48 kHz stereo 1.4 GB
+MIN_AUDIO_RATE = 4000  # Hz; below this no speech survives (and resampling up would multiply the length)
+MAX_AUDIO_RATE = 384000  # Hz; the highest rate of real audio interfaces
+MAX_AUDIO_CHANNELS = 32
+
+
 class AudioError(UserError, ValueError):
     """Audio that cannot be turned into mel features; the message names the file and what to do."""
 
@@ -217,24 +225,64 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
                             target_sr=int(target_sr)).astype(np.float32)
 
 
-def load_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def check_audio_header(path, sample_rate: float | None, channels: int | None, seconds: float | None, *,
+                       max_seconds: float = MAX_AUDIO_SECONDS, min_rate: float = MIN_AUDIO_RATE,
+                       max_rate: float = MAX_AUDIO_RATE, max_channels: int = MAX_AUDIO_CHANNELS) -> None:
+    """AudioError unless a header's sample rate (Hz), channel count and duration (s) are plausible (None = the
+    header does not say; decoding is bounded anyway); the message names the limit (an argument of the loaders,
+    default `pdfgc.data.audio.<NAME>`)."""
+    if sample_rate is not None and not min_rate <= float(sample_rate) <= max_rate:
+        raise AudioError(f"{path}: the header says {sample_rate} Hz, outside [{min_rate}, {max_rate}] Hz (limits "
+                         "min_rate/max_rate, pdfgc.data.audio.MIN_AUDIO_RATE/MAX_AUDIO_RATE); the file is damaged "
+                         "or not audio: re-export it as a 16 kHz mono wav")
+    if channels is not None and not 1 <= int(channels) <= max_channels:
+        raise AudioError(f"{path}: the header says {channels} channels, outside [1, {max_channels}] (limit "
+                         "max_channels, pdfgc.data.audio.MAX_AUDIO_CHANNELS); re-export it as a mono wav")
+    if seconds is not None and seconds > max_seconds:
+        raise AudioError(f"{path}: the header says {seconds:.1f} s of audio, more than max_seconds={max_seconds:g} "
+                         "(pdfgc.data.audio.MAX_AUDIO_SECONDS); cut the audio into shorter parts or raise the limit")
+
+
+def load_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float = MAX_AUDIO_SECONDS,
+               min_rate: float = MIN_AUDIO_RATE, max_rate: float = MAX_AUDIO_RATE,
+               max_channels: int = MAX_AUDIO_CHANNELS) -> np.ndarray:
     """Decode an audio file (wav/flac/ogg via soundfile, anything else -- mp3, m4a, mp4 -- via PyAV) to float32
-    mono at `sample_rate` Hz. Raises AudioError for missing, unreadable or empty files."""
+    mono at `sample_rate` Hz. The header (rate, channels, duration) is checked against the limits before anything
+    is decoded (`check_audio_header`), and decoding stops at `max_seconds` whatever the header says. Raises
+    AudioError for missing, unreadable, implausible or empty files."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
-    wav = None
+    limits = dict(max_seconds=max_seconds, min_rate=min_rate, max_rate=max_rate, max_channels=max_channels)
     try:
         import soundfile as sf
 
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        wav = resample(data.mean(axis=1), sr, sample_rate)
-    except Exception:  # not a format libsndfile knows: fall back to PyAV (ffmpeg)
+        info = sf.info(str(path))
+    except Exception:  # not a format libsndfile knows: PyAV (ffmpeg) reads it, with the same limits
+        info = None
+    wav = None
+    if info is not None:
+        seconds = info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
+        check_audio_header(path, info.samplerate, info.channels, seconds, **limits)
+        try:
+            # never more than the limit, whatever the frame count in the header says
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True,
+                               frames=int(math.ceil(max_seconds * info.samplerate)) + 1)
+        except Exception:  # libsndfile knows the container but not this content: let PyAV try
+            data = None
+        if data is not None:
+            if len(data) > max_seconds * sr:
+                raise AudioError(f"{path}: more than max_seconds={max_seconds:g} s of audio "
+                                 "(pdfgc.data.audio.MAX_AUDIO_SECONDS); cut it into shorter parts or raise the limit")
+            wav = resample(data.mean(axis=1), sr, sample_rate)
+    if wav is None:
         from pdfgc.data.video import MediaError, read_audio
 
         try:
-            wav = read_audio(path, sample_rate)
+            wav = read_audio(path, sample_rate, **limits)
         except MediaError as e:
+            if isinstance(e.__cause__, AudioError):
+                raise e.__cause__ from None
             raise AudioError(f"{path}: cannot decode audio ({e}); convert it to a 16 kHz mono wav") from e
     if len(wav) == 0:
         raise AudioError(f"{path}: the audio stream is empty (0 samples)")

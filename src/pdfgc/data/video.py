@@ -16,8 +16,19 @@ from pdfgc.fileio import atomic_path
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
+# plausibility limits checked on a video's header before decoding, and again while decoding (headers can lie); every
+# reader takes them as arguments, these are the defaults
+MAX_FRAME_PIXELS = 8192 * 8192  # 8K is 7680x4320
+MAX_VIDEO_FRAMES = 200_000  # over two hours at 25 fps
+MAX_DECODED_BYTES = 16 * 2 ** 30  # RGB frames held in memory by one read_frames call (16 GiB)
+
+
 class MediaError(UserError, RuntimeError):
     """A media file could not be read or written; the message names the file and what to do."""
+
+
+class PartialMediaWarning(UserWarning):
+    """A media file decoded only in part (truncated or damaged); the message says how much was used."""
 
 
 def _open(path):
@@ -33,12 +44,31 @@ def _open(path):
                          "is it a complete video/audio file?") from e
 
 
-def read_frames(path, fps: float | None = FPS, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+def _header_frames(container, stream, native: float) -> int | None:
+    """Frame count a video's header announces (the stream's frame count, else its or the container's duration x
+    rate); None if unknown."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration and stream.time_base:
+        return int(round(float(stream.duration * stream.time_base) * native))
+    if container.duration:  # in microseconds (AV_TIME_BASE), e.g. Matroska
+        return int(round(container.duration / 1e6 * native))
+    return None
+
+
+def read_frames(path, fps: float | None = FPS, max_frames: int | None = None, *,
+                max_pixels: int = MAX_FRAME_PIXELS, frame_limit: int = MAX_VIDEO_FRAMES,
+                max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, float]:
     """Decode the first video stream of `path` as RGB uint8 `(T, H, W, 3)`.
 
     With `fps` set, frames are resampled by timestamp to that rate (nearest earlier source frame, i.e. frame
     duplication/dropping as ffmpeg's `-r` does); with `fps=None` every decoded frame is returned at the native rate.
-    Returns `(frames, fps_out)`.
+    `max_frames` keeps the first frames only (the rest is not decoded). Returns `(frames, fps_out)`.
+
+    Limits (MediaError naming the limit): the header's frame size must be at most `max_pixels`; a video of more than
+    `frame_limit` frames or `max_bytes` bytes of decoded RGB is refused from its header and, should the header lie,
+    while decoding. A file that decodes only in part (truncated) gives a `PartialMediaWarning` saying how many frames
+    were read and are used.
     """
     with _open(path) as container:
         if not container.streams.video:
@@ -46,19 +76,56 @@ def read_frames(path, fps: float | None = FPS, max_frames: int | None = None) ->
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         native = float(stream.average_rate or stream.guessed_rate or FPS)
-        out, times = [], []
+        w, h = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        if w * h > max_pixels:
+            raise MediaError(f"{path}: frames of {w}x{h} = {w * h:,} pixels, more than max_pixels={max_pixels:,} "
+                             "(pdfgc.data.video.MAX_FRAME_PIXELS); scale the video down (e.g. to 1920 wide)")
+        announced = _header_frames(container, stream, native)
+        wanted = announced if max_frames is None or announced is None else min(announced, int(max_frames))
+        if fps is not None and max_frames is not None and announced is not None:
+            wanted = min(announced, int(np.ceil((int(max_frames) + 1) * native / fps)))
+        if wanted is not None and (wanted > frame_limit or wanted * max(w * h * 3, 1) > max_bytes):
+            raise MediaError(f"{path}: the header announces {wanted:,} frames of {w}x{h}, more than "
+                             f"frame_limit={frame_limit:,} frames or max_bytes={max_bytes:,} bytes of decoded "
+                             "frames (pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video "
+                             "shorter or scale it down")
+        # with fps and max_frames, frames past this time are never selected: stop decoding there
+        t_stop = None if fps is None or max_frames is None else (int(max_frames) + 1) / fps
+        out, times, nbytes, failure = [], [], 0, None
         try:
             for frame in container.decode(stream):
                 t = float(frame.pts * frame.time_base) if frame.pts is not None else len(times) / native
+                if t_stop is not None and times and t - times[0] > t_stop:
+                    break
                 times.append(t)
                 out.append(frame.to_ndarray(format="rgb24"))
+                nbytes += out[-1].nbytes
+                if len(out) > frame_limit or nbytes > max_bytes:
+                    raise MediaError(f"{path}: more than frame_limit={frame_limit:,} frames or max_bytes="
+                                     f"{max_bytes:,} bytes decoded (the header announced "
+                                     f"{'no count' if announced is None else f'{announced:,} frames'}; "
+                                     "pdfgc.data.video.MAX_VIDEO_FRAMES / MAX_DECODED_BYTES); cut the video "
+                                     "shorter or scale it down")
                 if fps is None and max_frames is not None and len(out) >= max_frames:
                     break
+            else:
+                if announced and len(out) < announced - max(2, announced // 50):
+                    failure = "ends early"
+        except MediaError:
+            raise
         except Exception as e:
             if not out:
                 raise MediaError(f"{path}: video stream could not be decoded ({type(e).__name__}: {e})") from e
+            failure = f"decoding failed: {type(e).__name__}: {e}"
     if not out:
         raise MediaError(f"{path}: video stream holds no frames")
+    if failure is not None:
+        import warnings
+
+        of = f" of the {announced} its header announces" if announced else ""
+        warnings.warn(f"{path}: only {len(out)} frames{of} could be decoded ({failure}; the file is truncated or "
+                      f"damaged); using those {len(out)} frames ({len(out) / native:.2f} s). Re-export or "
+                      "re-download the video to use all of it", PartialMediaWarning, stacklevel=2)
     frames = np.stack(out)
     if fps is None:
         return frames, native
@@ -72,23 +139,47 @@ def read_frames(path, fps: float | None = FPS, max_frames: int | None = None) ->
     return frames[np.clip(idx, 0, len(frames) - 1)], float(fps)
 
 
-def read_audio(path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | None = None,
+               min_rate: float | None = None, max_rate: float | None = None,
+               max_channels: int | None = None) -> np.ndarray:
     """Decode the first audio stream of any container PyAV reads (wav, mp3, m4a, mp4, ...) to mono float32 at
-    `sample_rate`. Raises MediaError when the file has no audio or cannot be decoded."""
+    `sample_rate`. The stream header (rate, channels, duration) is checked first and decoding stops past
+    `max_seconds` whatever the header says (limits default to pdfgc.data.audio's MAX_AUDIO_* values). Raises
+    MediaError when the file has no audio, cannot be decoded or exceeds a limit."""
     import av
 
+    from pdfgc.data import audio as A
+
+    limits = dict(max_seconds=A.MAX_AUDIO_SECONDS if max_seconds is None else max_seconds,
+                  min_rate=A.MIN_AUDIO_RATE if min_rate is None else min_rate,
+                  max_rate=A.MAX_AUDIO_RATE if max_rate is None else max_rate,
+                  max_channels=A.MAX_AUDIO_CHANNELS if max_channels is None else max_channels)
+    cap = int(limits["max_seconds"] * sample_rate) + sample_rate  # output samples; one second of slack
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f"{path}: has no audio stream")
         stream = container.streams.audio[0]
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+        try:
+            A.check_audio_header(path, stream.sample_rate or None, stream.channels or None, seconds, **limits)
+        except A.AudioError as e:
+            raise MediaError(str(e)) from e
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
-        chunks = []
+        chunks, total = [], 0
         try:
             for frame in container.decode(stream):
                 for rf in resampler.resample(frame):
                     chunks.append(rf.to_ndarray()[0])
+                    total += len(chunks[-1])
+                if total > cap:
+                    raise A.AudioError(f"{path}: more than max_seconds={limits['max_seconds']:g} s of audio "
+                                       "decoded (pdfgc.data.audio.MAX_AUDIO_SECONDS; the header said "
+                                       f"{'nothing' if seconds is None else f'{seconds:.1f} s'}); cut it into "
+                                       "shorter parts or raise the limit")
             for rf in resampler.resample(None):
                 chunks.append(rf.to_ndarray()[0])
+        except A.AudioError as e:
+            raise MediaError(str(e)) from e
         except Exception as e:
             if not chunks:
                 raise MediaError(f"{path}: audio stream could not be decoded ({type(e).__name__}: {e})") from e

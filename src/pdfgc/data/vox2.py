@@ -18,6 +18,15 @@ import numpy as np
 
 from pdfgc.data import clipstore
 from pdfgc.data.sources import empty_factors
+from pdfgc.errors import UserError
+
+
+class Vox2Error(UserError, ValueError):
+    """A preprocessed folder or split that cannot serve clips; the message says what to do."""
+
+
+class Vox2NotFoundError(Vox2Error, FileNotFoundError):
+    """The preprocessed folder or its split list is missing."""
 
 
 class Vox2Source:
@@ -37,9 +46,9 @@ class Vox2Source:
                  image_size: int | None = None, cache_clips: int = 16):
         self.root = Path(root)
         if split not in ("train", "test", "all"):
-            raise ValueError(f"Vox2Source: split must be 'train', 'test' or 'all', got {split!r}")
+            raise Vox2Error(f"Vox2Source: split must be 'train', 'test' or 'all', got {split!r}")
         if not clipstore.has_manifest(self.root):
-            raise FileNotFoundError(
+            raise Vox2NotFoundError(
                 f"Vox2Source: {self.root / clipstore.MANIFEST} not found; run `python -m preprocess --input VIDEOS "
                 f"--output {self.root}` first (or `--finalize-only` to merge the manifest parts of a sharded run)")
         records = clipstore.load_manifest(self.root)
@@ -47,12 +56,21 @@ class Vox2Source:
         if split_file is not None or split != "all":
             sf = Path(split_file) if split_file is not None else clipstore.split_path(self.root, split)
             if not sf.is_file():
-                raise FileNotFoundError(f"Vox2Source: split list {sf} not found; rerun `python -m preprocess "
+                raise Vox2NotFoundError(f"Vox2Source: split list {sf} not found; rerun `python -m preprocess "
                                         f"--finalize-only --output {self.root}` or pass split='all'")
             keep = set(clipstore.read_split(sf))
+            usable = {r["identity"] for r in ok}
             ok = [r for r in ok if r["identity"] in keep]
+            if not ok and split == "test" and split_file is None and usable:
+                # a small preprocessed set: the hash split (--test-fraction) put no identity in test
+                raise Vox2Error(
+                    f"Vox2Source: the test split {sf} of {self.root} holds no identity with usable clips (the "
+                    f"preprocessing put {len(keep)} of {len(usable) + len(keep - usable)} identities there; "
+                    "a small set often gets none). Train without validation: data.val_source=null (or "
+                    "data.val_length=0); or choose test identities: python -m preprocess --finalize-only "
+                    f"--output {self.root} --split-file IDS.txt (or a larger --test-fraction)")
         if not ok:
-            raise ValueError(f"Vox2Source: no usable clip in {self.root} for split {split!r} (manifest holds "
+            raise Vox2Error(f"Vox2Source: no usable clip in {self.root} for split {split!r} (manifest holds "
                              f"{len(records)} records, {sum(r.get('status') == 'ok' for r in records)} ok; "
                              f"min_frames={min_frames})")
         self.records = sorted(ok, key=lambda r: r["key"])

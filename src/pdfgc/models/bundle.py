@@ -15,7 +15,7 @@ from .checkpoint import (EXPORT_FORMAT, EXPORT_INDEX, EXPORT_VERSION, OFFICIAL_C
                          load_component,
                          match_state_dict, official_file, read_state_dict, save_component)
 from .config import (INFERENCE_COMPONENTS, ConfigLike, ModelConfigError, build_component, component_config,
-                     load_model_config)
+                     load_model_config, read_config_json)
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,15 @@ class PDFGCModels(nn.Module):
         a, m, g = appearance.config, motion.config, generator.config
         expected_style = appearance.app_dim + audio.config["lip_dim"] + m["emo_dim"] + m["eye_dim"] + m["pose_dim"]
         if g["style_dim"] != expected_style:
-            raise ValueError(f"PDFGCModels: generator.style_dim={g['style_dim']} but app_dim {appearance.app_dim} + "
-                             f"lip {audio.config['lip_dim']} + emo {m['emo_dim']} + eye {m['eye_dim']} + pose "
-                             f"{m['pose_dim']} = {expected_style}; fix the model config")
+            raise ModelConfigError(f"PDFGCModels: generator.style_dim={g['style_dim']} but app_dim "
+                                   f"{appearance.app_dim} + lip {audio.config['lip_dim']} + emo {m['emo_dim']} + eye "
+                                   f"{m['eye_dim']} + pose {m['pose_dim']} = {expected_style}; fix the model config")
         if audio.config["lip_dim"] != m["lip_dim"]:
-            raise ValueError(f"PDFGCModels: audio lip_dim {audio.config['lip_dim']} != motion lip_dim {m['lip_dim']}")
+            raise ModelConfigError(f"PDFGCModels: audio lip_dim {audio.config['lip_dim']} != motion lip_dim "
+                                   f"{m['lip_dim']}; fix the model config")
         if (a["spatial_dim"], a["spatial_size"]) != (generator.spatial_channels, generator.start_size):
-            raise ValueError(f"PDFGCModels: appearance f_sp is {a['spatial_dim']}x{a['spatial_size']}^2 but the "
-                             f"generator starts at {generator.spatial_channels}x{generator.start_size}^2")
+            raise ModelConfigError(f"PDFGCModels: appearance f_sp is {a['spatial_dim']}x{a['spatial_size']}^2 but "
+                                   f"the generator starts at {generator.spatial_channels}x{generator.start_size}^2")
         self.load_report: dict = {}
 
     @property
@@ -187,8 +188,13 @@ def load_pretrained(path, device: str | torch.device = "cpu") -> PDFGCModels:
     if not idx.is_file():
         raise CheckpointNotFoundError(f"pdfgc export: {idx} not found; {folder} is not a pdfgc export "
                                       "(written by PDFGCModels.save_pretrained / python -m pdfgc.models.convert)")
-    index = json.loads(idx.read_text())
-    if index.get("format") != EXPORT_FORMAT or index.get("version", 0) > EXPORT_VERSION:
+    index = read_config_json(idx, error=CheckpointError)
+    if not isinstance(index, dict):
+        raise CheckpointError(f"pdfgc export: {idx} holds a JSON {type(index).__name__}, expected an object "
+                              "{\"format\", \"version\", \"components\"}; re-export the folder")
+    version = index.get("version", 0)
+    if (index.get("format") != EXPORT_FORMAT or not isinstance(version, int) or isinstance(version, bool)
+            or version > EXPORT_VERSION):
         raise CheckpointError(f"pdfgc export: {idx} has format {index.get('format')!r} version "
                               f"{index.get('version')!r}; this pdfgc reads format {EXPORT_FORMAT!r} <= "
                               f"{EXPORT_VERSION}")

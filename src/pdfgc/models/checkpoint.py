@@ -30,7 +30,7 @@ from torch import nn
 from pdfgc.errors import UserError
 from pdfgc.fileio import atomic_path
 
-from .config import build_component, component_config
+from .config import build_component, component_config, read_config_json
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def dtype_fits(stored: torch.dtype, wanted: torch.dtype) -> bool:
+    """Whether a stored tensor may be loaded into a model tensor: float into float (any precision), otherwise the
+    same type (integer counters, boolean masks). An integer or boolean tensor for float weights is not a weight."""
+    if wanted.is_floating_point:
+        return stored.is_floating_point
+    return stored == wanted or (not stored.is_floating_point and not stored.is_complex and stored != torch.bool
+                                and wanted != torch.bool)
+
+
 def match_state_dict(component: str, module: nn.Module, file_sd: Mapping[str, torch.Tensor], path: Path,
                      load_identity_head: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Apply the loader rules of `component` to a file's state_dict against `module`.
@@ -146,10 +155,13 @@ def match_state_dict(component: str, module: nn.Module, file_sd: Mapping[str, to
     rule, tolerate_unknown = LOAD_RULES[component]
     model_sd = module.state_dict()
     ignored, unknown, to_load, bad_shape = [], [], {}, []
+    bad_dtype = []
     for k, v in file_sd.items():
         if k in model_sd and not (rule(k) and not (component == "appearance" and load_identity_head)):
             if tuple(v.shape) != tuple(model_sd[k].shape):
                 bad_shape.append(f"{k}: expected {tuple(model_sd[k].shape)}, file has {tuple(v.shape)}")
+            elif not dtype_fits(v.dtype, model_sd[k].dtype):
+                bad_dtype.append(f"{k}: expected {model_sd[k].dtype}, file has {v.dtype}")
             else:
                 to_load[k] = v
         elif rule(k) and not (component == "appearance" and load_identity_head and k in model_sd):
@@ -161,6 +173,10 @@ def match_state_dict(component: str, module: nn.Module, file_sd: Mapping[str, to
                               f"shape mismatch(es)): " + "; ".join(bad_shape[:8]) +
                               ". Is it the right file, and does the model config match the checkpoint "
                               "(model=pdfgc for the released files)?")
+    if bad_dtype:
+        raise CheckpointError(f"checkpoint file {path} stores {len(bad_dtype)} tensor(s) of the {component} network "
+                              "in a type that would be cast silently: " + "; ".join(bad_dtype[:8]) +
+                              ". The file is damaged or not a PD-FGC checkpoint; re-download it: " + WHERE_TO_GET)
     if unknown and not tolerate_unknown:
         raise CheckpointError(f"checkpoint file {path} has {len(unknown)} key(s) the {component} network does "
                               f"not have (the reference loader rejects them too): {sorted(unknown)[:8]}. Is it the "
@@ -209,10 +225,7 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
         if not (folder / f).is_file():
             raise CheckpointNotFoundError(f"pdfgc export: {folder / f} not found; a component folder holds "
                                           "config.json and model.safetensors (written by save_pretrained)")
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except ValueError as e:
-        raise CheckpointError(f"pdfgc export: {folder / 'config.json'} is not valid JSON ({e})") from e
+    cfg = read_config_json(folder / "config.json", error=CheckpointError)
     module = build_component(cfg, source=str(folder / "config.json"))
     try:
         sd = load_file(str(folder / "model.safetensors"))
@@ -224,10 +237,12 @@ def load_component(folder, device: str | torch.device = "cpu") -> nn.Module:
     unexpected = [k for k in sd if k not in model_sd]
     bad = [f"{k}: expected {tuple(model_sd[k].shape)}, file has {tuple(sd[k].shape)}" for k in sd
            if k in model_sd and sd[k].shape != model_sd[k].shape]
+    bad += [f"{k}: expected {model_sd[k].dtype}, file has {sd[k].dtype}" for k in sd
+            if k in model_sd and not dtype_fits(sd[k].dtype, model_sd[k].dtype)]
     if missing or unexpected or bad:
         raise CheckpointError(f"pdfgc export {folder / 'model.safetensors'} does not match {cfg['_target_']} built "
                               f"from config.json: missing {missing[:8]}, unexpected {unexpected[:8]}, "
-                              f"wrong shape {bad[:8]}")
+                              f"wrong shape or type {bad[:8]}")
     module.load_state_dict(sd, strict=True)
     return module.to(device).eval()
 

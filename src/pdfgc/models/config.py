@@ -43,6 +43,26 @@ class ModelConfigError(UserError, ValueError):
     """A model config names a class outside pdfgc's networks, lacks an entry, or states a derived size wrongly."""
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a JSON config from a checkpoint folder or export is a few hundred bytes
+
+
+def read_config_json(path, max_bytes: int = MAX_CONFIG_BYTES, error: type = ModelConfigError) -> Any:
+    """The JSON value of a small config file (from a folder someone gave you): `error` naming the file when it is
+    larger than `max_bytes`, not UTF-8 or not JSON."""
+    import json
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise error(f"{path}: {size:,} bytes, more than max_bytes={max_bytes:,} for a config file "
+                    "(pdfgc.models.config.MAX_CONFIG_BYTES); the file is not a pdfgc config")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({type(e).__name__}: {e}); re-create it (save_pretrained / "
+                    "python -m pdfgc.models.convert)") from e
+
+
 def config_dir() -> Path:
     """The folder holding the model configs (`<name>.yaml`), first that exists of:
 
@@ -89,14 +109,7 @@ def load_model_config(config: ConfigLike = "pdfgc") -> dict:
                                 f"(or pass a path to a yaml/json file, or a dict; set {CONFIG_DIR_ENV} to a copy "
                                 "of the repository's configs/model when pdfgc is installed without it)")
     if path.suffix == ".json":
-        import json
-
-        try:
-            return resolve_model_config(json.loads(path.read_text()), source=str(path))
-        except ValueError as e:
-            if isinstance(e, UserError):
-                raise
-            raise ModelConfigError(f"model config {path} is not valid JSON ({e})") from e
+        return resolve_model_config(read_config_json(path), source=str(path))
     from omegaconf import OmegaConf
 
     return resolve_model_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True), source=str(path))
@@ -112,6 +125,25 @@ def _set_derived(entry: dict, key: str, value: int, where: str, source: str) -> 
 def resolve_model_config(cfg: Mapping[str, Any], source: str = "(dict)") -> dict:
     """A copy of `cfg` with the derived sizes (module docstring) filled in; entries other networks do not depend on
     are left as they are. Idempotent."""
+    if not isinstance(cfg, Mapping):
+        raise ModelConfigError(f"model config {source}: expected an object of networks ({{\"appearance\": {{...}}, "
+                               f"...}}), got a {type(cfg).__name__}")
+    for name, entry in cfg.items():  # refuse a foreign class before computing anything from the entries
+        if isinstance(entry, Mapping) and "_target_" in entry and str(entry["_target_"]) not in COMPONENT_CLASSES:
+            raise ModelConfigError(f"model config {source}: {name}._target_ {str(entry['_target_'])!r} is not one "
+                                   f"of pdfgc's networks {list(COMPONENT_CLASSES)}; refusing to build it (a model "
+                                   "config may only name these classes)")
+    try:
+        return _resolve(cfg, source)
+    except (TypeError, KeyError, AttributeError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        # sizes computed from entries a file may hold anything in: wrong keys or types are the file's fault
+        raise ModelConfigError(f"model config {source}: cannot compute the derived sizes ({type(e).__name__}: "
+                               f"{e}); compare the file with configs/model/pdfgc.yaml") from e
+
+
+def _resolve(cfg: Mapping[str, Any], source: str) -> dict:
     from .appearance import AppearanceEncoder
     from .generator import Generator
 
@@ -150,18 +182,43 @@ def component_class(target: str, source: str = "model config") -> type:
     return getattr(importlib.import_module(mod), name)
 
 
-def build_component(cfg: Mapping[str, Any], source: str = "model config") -> Any:
+MAX_COMPONENT_PARAMS = 1_000_000_000  # 4 GB of float32 per network; the released generator has 91 M
+
+
+def _count_on_meta(cls: type, kwargs: Mapping[str, Any]) -> int | None:
+    """Parameters + buffers of `cls(**kwargs)` built on the meta device (no memory); None when that fails."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            m = cls(**kwargs)
+        return sum(t.numel() for t in m.parameters()) + sum(t.numel() for t in m.buffers())
+    except Exception:  # the real build below reports the problem
+        return None
+
+
+def build_component(cfg: Mapping[str, Any], source: str = "model config",
+                    max_params: int | None = MAX_COMPONENT_PARAMS) -> Any:
     """Instantiate one network from its config entry {"_target_": "pdfgc.models....Class", **constructor kwargs}.
-    `source` names where the entry came from (a file path) in error messages."""
+    `source` names where the entry came from (a file path) in error messages. The network is first built on the
+    meta device (no memory) and refused when it holds more than `max_params` numbers (parameters + buffers; None =
+    no limit): a config from a file cannot make pdfgc allocate without bound."""
     if not isinstance(cfg, Mapping) or "_target_" not in cfg:
         keys = sorted(cfg) if isinstance(cfg, Mapping) else type(cfg).__name__
         raise ModelConfigError(f"{source}: a network entry needs `_target_` (one of {list(COMPONENT_CLASSES)}); "
                                f"got {keys}")
     cls = component_class(str(cfg["_target_"]), source)
+    kwargs = _kwargs(cfg)
+    if max_params is not None:
+        n = _count_on_meta(cls, kwargs)
+        if n is not None and n > max_params:
+            raise ModelConfigError(f"{source}: {cfg['_target_']} would hold {n:,} parameters, more than the limit "
+                                   f"max_params={max_params:,} (pdfgc.models.config.MAX_COMPONENT_PARAMS); the "
+                                   "config is damaged or not meant for pdfgc (the released generator has 91 M)")
     try:
-        return cls(**_kwargs(cfg))
-    except TypeError as e:
-        raise ModelConfigError(f"{source}: cannot build {cfg['_target_']}: {e}") from e
+        return cls(**kwargs)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise ModelConfigError(f"{source}: cannot build {cfg['_target_']}: {type(e).__name__}: {e}") from e
 
 
 def component_config(module) -> dict:

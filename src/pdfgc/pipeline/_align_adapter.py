@@ -64,6 +64,9 @@ def landmark_backend(backend: str, weights=None):
                             "or give aligned 224x224 crops]") from e
 
 
+VIDEO_MAX_MISSING = 0.2  # fraction of a driver's frames that may lack a face (interpolated over)
+
+
 def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input") -> np.ndarray:
     """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3).
 
@@ -77,7 +80,12 @@ def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: 
     det = landmark_backend(backend, weights)
     try:
         if sequence and len(frames) > 1:
-            lm, _ = L.track_video(det, frames, multiple="largest", max_missing=0.2, name=name)
+            try:
+                lm, _ = L.track_video(det, frames, multiple="largest", max_missing=VIDEO_MAX_MISSING, name=name)
+            except L.NoFaceError as e:  # the library's advice names preprocess's --max-missing: infer has none
+                raise PipelineError(str(e).split("; raise max_missing")[0] + "; infer.py interpolates over at "
+                                    f"most {VIDEO_MAX_MISSING:.0%} of a driver's frames: cut the video to the part "
+                                    "where the face is visible, or give aligned 224x224 crops (aligned=true)") from e
             return AL.align_video(frames, lm).frames
         out = []
         for t, f in enumerate(frames):

@@ -42,17 +42,71 @@ class Driver:
     path: Path | None = None
 
 
-def read_image(path) -> np.ndarray:
-    """Read one image file as uint8 RGB `(H, W, 3)` (grey and RGBA are converted); clear error if unreadable."""
+MAX_IMAGE_PIXELS = 100_000_000  # 100 MP (300 MB of RGB); checked on the header before decoding
+
+
+def image_header_size(path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header without decoding it (PIL reads headers lazily); None when PIL
+    does not know the format (OpenCV then decides)."""
+    try:
+        import warnings
+
+        from PIL import Image
+    except ImportError:
+        return None
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit applies; PIL's bomb check would raise before we can name it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _jpeg_truncation(path: Path, img: np.ndarray) -> str | None:
+    """A description of how much of a truncated JPEG decoded, or None when the file is complete. A JPEG ends with
+    the end-of-image marker FF D9; libjpeg paints the rows it never received a flat grey (128)."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 4096))
+        tail = f.read().rstrip(b"\x00\r\n ")
+    if tail.endswith(b"\xff\xd9"):
+        return None
+    painted = np.flatnonzero(~(img == 128).all(axis=(1, 2)))
+    usable = int(painted[-1]) + 1 if len(painted) else 0
+    if usable == img.shape[0]:  # a progressive JPEG: every row, but only the coarse passes that arrived
+        return f"truncated JPEG ({size:,} bytes, no end-of-image marker): it decodes only in part (reduced detail)"
+    return (f"truncated JPEG ({size:,} bytes, no end-of-image marker): only the top {usable} of {img.shape[0]} rows "
+            f"({usable / img.shape[0]:.0%}) decode, the rest would be flat grey")
+
+
+def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read one image file as uint8 RGB `(H, W, 3)` (grey and RGBA are converted); clear error if unreadable,
+    larger than `max_pixels` (checked on the header, before decoding) or a truncated JPEG."""
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path}: no such image file")
+    size = image_header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise PipelineError(f"{path}: the header says {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than "
+                            f"max_pixels={max_pixels:,} (pdfgc.pipeline.inputs.MAX_IMAGE_PIXELS); scale the image "
+                            "down (a portrait needs a few hundred pixels around the face)")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise PipelineError(f"{path}: cannot read as an image (corrupt or unsupported format); "
                             f"use one of {', '.join(IMAGE_EXTENSIONS)}")
+    truncated = _jpeg_truncation(path, img)
+    if truncated is not None:
+        raise PipelineError(f"{path}: {truncated}; re-download or re-export the image")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
@@ -67,10 +121,26 @@ def list_frame_folder(folder) -> list[Path]:
     return files
 
 
-def read_frame_folder(folder) -> np.ndarray:
-    """All images of a folder as uint8 `(T, H, W, 3)`; every image must have the same size."""
+def read_frame_folder(folder, frame_limit: int | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """All images of a folder as uint8 `(T, H, W, 3)`; every image must have the same size. At most `frame_limit`
+    images and `max_bytes` bytes of decoded frames (defaults: pdfgc.data.video's MAX_VIDEO_FRAMES and
+    MAX_DECODED_BYTES, the limits of a video driver)."""
+    from pdfgc.data import video as V
+
+    frame_limit = V.MAX_VIDEO_FRAMES if frame_limit is None else frame_limit
+    max_bytes = V.MAX_DECODED_BYTES if max_bytes is None else max_bytes
     files = list_frame_folder(folder)
-    frames = [read_image(f) for f in files]
+    if len(files) > frame_limit:
+        raise PipelineError(f"{folder}: {len(files):,} images, more than frame_limit={frame_limit:,} "
+                            "(pdfgc.data.video.MAX_VIDEO_FRAMES); use a shorter driver")
+    frames, nbytes = [], 0
+    for f in files:
+        frames.append(read_image(f))
+        nbytes += frames[-1].nbytes
+        if nbytes > max_bytes:
+            raise PipelineError(f"{folder}: more than max_bytes={max_bytes:,} bytes of decoded frames after "
+                                f"{len(frames)} of {len(files)} images (pdfgc.data.video.MAX_DECODED_BYTES); use "
+                                "fewer or smaller frames")
     first = frames[0].shape
     for f, im in zip(files, frames):
         if im.shape != first:
