@@ -634,3 +634,21 @@ def test_video_whose_header_gives_no_count_is_still_bounded_while_decoding(tmp_p
     assert "frame_limit=40" in msg and "announced no count" in msg
     with pytest.raises(V.MediaError, match="max_bytes=30,720"):
         V.read_frames(f, fps=None, max_bytes=32 * 32 * 3 * 10)
+
+
+def test_data_errors_in_training_are_one_line_not_hydras_wrapper(tmp_path):
+    """A data source that refuses its input (here: a vox2 root that does not exist) and an unknown data key reach
+    train() as UserErrors (one line), not as Hydra's InstantiationException."""
+    from pdfgc.errors import UserError
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import build_datamodule, build_stage
+
+    cfg = compose(["stage=pose", "data=vox2", f"data.train_source.root={tmp_path / 'nope'}", "data.val_source=null",
+                   f"paths.output_dir={tmp_path}"])
+    module = build_stage(cfg)
+    with pytest.raises(UserError) as e:
+        build_datamodule(cfg, module).setup()
+    assert "InstantiationException" not in type(e.value).__name__ and str(tmp_path / "nope") in str(e.value)
+    cfg = compose(["stage=pose", "+data.bogus=1", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="bogus"):
+        build_datamodule(cfg, module)

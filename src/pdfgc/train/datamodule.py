@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from pdfgc.data.sources import check_source
 from pdfgc.data.stage_datasets import StageDataset
+from pdfgc.errors import UserError
 from pdfgc.stages.config import StageConfigError
 from pdfgc.train.sampler import ResumableInfiniteSampler
 
@@ -35,9 +36,16 @@ def build_source(cfg: Any, what: str = "source"):
     if "_target_" not in cfg:
         raise StageConfigError(f"data.{what}: a source config needs `_target_: module.Class` (e.g. "
                                f"pdfgc.data.synthetic.SyntheticSource), got keys {sorted(cfg)}")
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(dict(cfg), _convert_="all")
+    try:
+        return instantiate(dict(cfg), _convert_="all")
+    except InstantiationException as e:  # Hydra wraps what the source raised: a user error stays one line
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise StageConfigError(f"data.{what}: cannot build {cfg['_target_']}: "
+                               f"{(str(e.__cause__ or e).splitlines() or [''])[0]}") from e
 
 
 class PDFGCDataModule(pl.LightningDataModule):

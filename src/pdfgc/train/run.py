@@ -175,10 +175,20 @@ def build_datamodule(cfg, module: StageModule):
     """The data module of `cfg.data` for `module`'s dataset, its sampler positioned by the module's iteration."""
     from hydra.utils import instantiate
 
+    from hydra.errors import InstantiationException
+
+    from pdfgc.errors import UserError
+
     options = dataclasses.asdict(module.config.dataset) if hasattr(module.config, "dataset") else None
-    return instantiate(cfg.data, dataset=type(module).DATASET, dataset_options=options,
-                       position=StagePosition(module, module.batch_size), limit=cfg.get("data_limit"),
-                       _recursive_=False, _convert_="all")
+    try:
+        return instantiate(cfg.data, dataset=type(module).DATASET, dataset_options=options,
+                           position=StagePosition(module, module.batch_size), limit=cfg.get("data_limit"),
+                           _recursive_=False, _convert_="all")
+    except InstantiationException as e:  # an unknown data key or a refused value: one line, not Hydra's wrapper
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise StageConfigError(f"data: cannot build {cfg.data.get('_target_')}: "
+                               f"{(str(e.__cause__ or e).splitlines() or [''])[0]}") from e
 
 
 def _setup_wandb_env() -> None:
