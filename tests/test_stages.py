@@ -147,6 +147,44 @@ def test_ema_blend_and_half_life():
     assert torch.allclose(ema.shadow.weight, 0.5 * old + 0.5 * net.weight)
 
 
+def test_ema_update_at_beta_0_9_weighs_shadow_and_model_by_hand():
+    """At beta 0.5 swapping the two blend weights changes nothing; at beta 0.9 it does. Hand values: shadow 1,
+    model 11 -> 0.9 * 1 + 0.1 * 11 = 2 (swapped: 10). Buffers (BN statistics, the step counter) are copied."""
+    import math
+
+    from pdfgc.stages.ema import EMA
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    # beta = 0.5 ** (batch_images / half_life_img) = 0.9 with one image per update
+    ema = EMA(net, half_life_kimg=1.0 / (1000.0 * math.log2(1 / 0.9)), rampup=None)
+    with torch.no_grad():
+        net[0].weight.fill_(11.0)
+        net[0].bias.fill_(-9.0)
+        net[1].weight.fill_(21.0)
+        net[1].bias.fill_(1.0)  # unchanged parameter: stays 1
+    net[1].running_mean.copy_(torch.tensor([3.0, -4.0]))
+    net[1].running_var.copy_(torch.tensor([0.25, 5.0]))
+    net[1].num_batches_tracked.fill_(7)
+    beta = ema.update(net, batch_images=1, images_seen=1)
+    assert beta == pytest.approx(0.9, abs=1e-12)
+    sh = ema.shadow
+    assert torch.allclose(sh[0].weight, torch.full((2, 3), 2.0), atol=1e-6)   # 0.9*1 + 0.1*11
+    assert torch.allclose(sh[0].bias, torch.full((2,), -0.0), atol=1e-6)      # 0.9*1 + 0.1*(-9)
+    assert torch.allclose(sh[1].weight, torch.full((2,), 3.0), atol=1e-6)     # 0.9*1 + 0.1*21
+    assert torch.allclose(sh[1].bias, torch.full((2,), 1.0), atol=1e-6)
+    assert torch.equal(sh[1].running_mean, torch.tensor([3.0, -4.0]))       # copied, not blended
+    assert torch.equal(sh[1].running_var, torch.tensor([0.25, 5.0]))
+    assert int(sh[1].num_batches_tracked) == 7
+    # a second update blends from the new shadow: 0.9*2 + 0.1*11 = 2.9
+    ema.update(net, batch_images=1, images_seen=2)
+    assert torch.allclose(sh[0].weight, torch.full((2, 3), 2.9), atol=1e-6)
+    # the model itself is untouched by the update
+    assert torch.equal(net[0].weight, torch.full((2, 3), 11.0))
+
+
 def test_ema_generator_moves_toward_the_trained_generator(tmp_path):
     import pytorch_lightning as pl
 
