@@ -331,6 +331,63 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
         assert (m2.generator.eval()(style, f_sp, noise_mode="const") - want).abs().max() > 1e-2
 
 
+# ---------------------------------------------------------------------------------------------- eye stage layout
+def test_eye_stage_regression_dims_are_the_dims_inference_keeps():
+    """SPEC 1.7 (literal numbers, not read back from constants): with only blink on, inference keeps eye-code dims
+    {0, 1, 4, 5}; with only gaze on, {2, 3}. The dims the eye stage regresses as openness must be among the blink
+    dims, and its gaze dims must be exactly the gaze dims, or training teaches a layout inference throws away."""
+    from pdfgc.models.latent import Controls, eye_mask
+    from pdfgc.stages.eye import GAZE_CODE_DIMS, OPEN_DIMS
+
+    kept_blink = {i for i, v in enumerate(eye_mask(Controls(blink=True), 6).tolist()) if v == 1.0}
+    kept_gaze = {i for i, v in enumerate(eye_mask(Controls(gaze=True), 6).tolist()) if v == 1.0}
+    assert kept_blink == {0, 1, 4, 5} and kept_gaze == {2, 3}
+    assert tuple(OPEN_DIMS) == (0, 1) and tuple(GAZE_CODE_DIMS) == (2, 3)
+    assert set(OPEN_DIMS) <= kept_blink and set(GAZE_CODE_DIMS) == kept_gaze
+
+
+def _smooth_l1(d: float, beta: float = 0.1) -> float:
+    d = abs(d)
+    return 0.5 * d * d / beta if d < beta else d - 0.5 * beta
+
+
+def test_eye_stage_regresses_the_positive_frames_open_and_gaze_columns(tmp_path):
+    """A motion encoder whose eye code is a known function of the image (code = the first 6 pixels of row 0,
+    channel 0): the `open` term must be the smooth-L1 (beta 0.1) of the positive frames' code columns 0, 1 against
+    eye_open, the `gaze` term that of columns 2, 3 against gaze (NaN masked), with hand-computed values."""
+    from pdfgc.train.run import build_stage
+
+    m = build_stage(compose_cfg(tmp_path, *small("eye")))
+    motion = m.nets["motion"]
+    motion.trunk = lambda x: x[:, 0, 0, :8]
+    motion.head = lambda role, f, with_feature=False: (f, f[:, :6]) if with_feature else f[:, :6]
+    s = 16
+    codes = {  # rows = samples; every column differs so a wrong column or a wrong frame shows
+        "anchor": [[-0.9, -0.8, -0.7, -0.6, -0.5, -0.4], [-0.3, -0.2, -0.1, -0.05, -0.01, -0.02]],
+        "positive": [[0.9, 0.2, 0.5, -0.3, 0.7, 0.15], [0.1, 0.6, -0.8, 0.4, 0.35, 0.25]],
+        "negative": [[0.45, 0.55, 0.65, 0.75, 0.85, 0.95], [-0.45, -0.55, -0.65, -0.75, -0.85, -0.95]],
+    }
+    batch = {}
+    for k, rows in codes.items():
+        x = torch.zeros(2, 3, s, s)
+        x[:, 0, 0, :6] = torch.tensor(rows)
+        x[:, 0, 0, 6:8] = 1.0  # keeps every feature row non-zero for the cosine similarities
+        batch[k] = x
+    batch["eye_open"] = torch.tensor([[0.6, 0.25], [0.1, 0.1]])
+    batch["gaze"] = torch.tensor([[0.0, float("nan")], [-0.2, 0.4]])
+    terms = m.compute_losses(batch)
+    # open: positive code dims (0, 1) = (0.9, 0.2), (0.1, 0.6) vs (0.6, 0.25), (0.1, 0.1)
+    #   diffs 0.3, 0.05, 0.0, 0.5 -> 0.25, 0.0125, 0, 0.45 -> mean 0.178125
+    want_open = (_smooth_l1(0.3) + _smooth_l1(0.05) + _smooth_l1(0.0) + _smooth_l1(0.5)) / 4
+    assert want_open == pytest.approx(0.178125)
+    # gaze: positive code dims (2, 3) = (0.5, -0.3), (-0.8, 0.4) vs (0.0, NaN), (-0.2, 0.4)
+    #   diffs 0.5, masked, 0.6, 0.0 -> 0.45, 0.55, 0 over 3 known entries
+    want_gaze = (_smooth_l1(0.5) + _smooth_l1(0.6) + _smooth_l1(0.0)) / 3
+    assert want_gaze == pytest.approx(1.0 / 3)
+    assert terms["open"].item() == pytest.approx(want_open, abs=1e-6)
+    assert terms["gaze"].item() == pytest.approx(want_gaze, abs=1e-6)
+
+
 @pytest.mark.parametrize("stage", ["motion", "emo"])
 def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
     from pdfgc.train.run import run_stage
