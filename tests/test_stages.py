@@ -459,6 +459,31 @@ def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
         assert torch.isfinite(v) and v > 0
 
 
+def test_emo_region_l1_reads_the_boxes_of_the_target_frame(tmp_path):
+    """The emo target is the window's centre frame (c = 1 of 3), so its region terms must use that frame's boxes.
+    Hand values: fake - real = 1 in the top-left quarter of the image, 0 elsewhere. At frame c the eye box is the
+    top-left quarter (l1_eye = 1) and the mouth box the whole image (l1_mouth = 1/4); at the other frames both
+    boxes are the bottom-right quarter (0): reading another frame's boxes gives 0."""
+    from pdfgc.train.run import build_stage
+
+    m = build_stage(compose_cfg(tmp_path, *small("emo"), "stage.loss.weights.vgg=0", "stage.loss.weights.l1=0",
+                                "stage.loss.weights.sync=0", "stage.loss.weights.decor=0",
+                                "stage.loss.weights.l1_eye=1.0", "stage.loss.weights.l1_mouth=1.0"))
+    real = torch.zeros(2, 3, 8, 8)
+    fake = real.clone()
+    fake[:, :, :4, :4] = 1.0
+    other = torch.tensor([0.5, 0.5, 1.0, 1.0])
+    eye = other.repeat(2, 3, 1)
+    mouth = other.repeat(2, 3, 1)
+    eye[:, 1] = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    mouth[:, 1] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    terms = m.compute_losses({"gt_eye_box": eye, "gt_mouth_box": mouth},
+                             {"c": 1, "fake": fake, "real": real, "emo": torch.zeros(6, 30)})
+    assert set(terms) == {"l1_eye", "l1_mouth"}
+    assert terms["l1_eye"].item() == pytest.approx(1.0, abs=1e-6)
+    assert terms["l1_mouth"].item() == pytest.approx(0.25, abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- adding a stage
 def test_a_new_stage_is_a_class_and_a_yaml(tmp_path):
     """docs/ARCHITECTURE.md, "Adding a stage": defining a StageModule subclass registers it and its typed settings;
