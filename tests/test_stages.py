@@ -49,8 +49,15 @@ def test_stage_fast_dev_run_composes_from_real_config(tmp_path, stage):
     gan = stage in ("motion", "emo")
     assert trainer.global_step == (2 if gan else 1)
     assert isinstance(m, STAGES[stage]) and m.optimizer_steps(1) == trainer.global_step
-    total = trainer.callback_metrics["total"]
+    metrics = trainer.callback_metrics
+    total = metrics["total"]
     assert torch.isfinite(total)
+    # the generator total is the weighted sum of the logged terms, and every term with a non-zero weight is there
+    on = {k: w for k, w in m.weights.items() if w}
+    missing = [k for k in on if f"loss/{k}" not in metrics]
+    assert not missing, f"terms with non-zero weight not computed: {missing}"
+    want = sum(w * float(metrics[f"loss/{k}"]) for k, w in on.items())
+    assert float(total) == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert Path(r["last_ckpt"]).is_file()
 
 
