@@ -373,7 +373,7 @@ def test_emo_decor_uses_the_memory_bank_rows_and_trains_only_the_current_codes(t
                "lip_a": torch.zeros(2, 2, 500)}
         return e, a, m.compute_losses({}, out)["decor"]
 
-    n = lambda t: t.detach().double().numpy()  # noqa: E731
+    n = lambda t: t.detach().double().numpy()
     e1, a1, d1 = step(0)
     assert d1.item() == pytest.approx(_decor_by_hand(n(e1), n(a1)), rel=1e-4)
     e2, a2, d2 = step(1)
