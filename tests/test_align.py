@@ -36,6 +36,56 @@ def _face_like(points3: np.ndarray) -> np.ndarray:
     return lm
 
 
+# SPEC 1.3, PC-AVS scripts/align_68.py: the template on a 224 x 224 canvas, typed here from the spec (never read back)
+SPEC_TEMPLATE = np.array([[87.0, 59.0], [137.0, 59.0], [112.0, 120.0]])
+
+
+def test_template_constant_is_the_literal_pc_avs_template():
+    assert np.array(ALIGN_TEMPLATE, dtype=float).tolist() == SPEC_TEMPLATE.tolist()
+    assert A.TEMPLATE.tolist() == SPEC_TEMPLATE.tolist()
+
+
+def _similarity(scale, deg, t):
+    th = np.deg2rad(deg)
+    return np.array([[scale * np.cos(th), -scale * np.sin(th), t[0]], [scale * np.sin(th), scale * np.cos(th), t[1]]])
+
+
+@pytest.mark.parametrize("mouth_bias", [True, False])
+def test_landmarks_placed_by_a_known_similarity_align_onto_the_literal_template(mouth_bias):
+    """A face whose eye/eye/mouth centres are the literal template, moved into the source image by a known
+    similarity (scale 1.7, rotation 17 degrees, translation (40, 25)); every frame of the video and the photo must
+    align back onto the literal template points (< 0.05 px), the other landmarks onto their canonical places."""
+    canon = _face_like(SPEC_TEMPLATE)
+    canon[:36] = np.stack([np.linspace(60, 164, 36), 40 + 0.5 * np.arange(36)], 1)  # some non-degenerate others
+    fwd = _similarity(1.7, 17.0, (40.0, 25.0))
+    src = A.apply_affine(fwd, canon)
+    res = A.align_video(None, np.repeat(src[None], 4, 0), size=224, mouth_bias=mouth_bias)
+    assert np.abs(res.points - SPEC_TEMPLATE).max() < 0.05
+    assert np.abs(res.landmarks[:, :48] - canon[:48]).max() < 0.05
+    one = A.align_image(None, src, mouth_bias=mouth_bias)
+    assert np.abs(one.points[0] - SPEC_TEMPLATE).max() < 0.05
+    # the matrix is the inverse of the known similarity: scale 1/1.7, rotation -17 degrees
+    inv = _similarity(1 / 1.7, -17.0, (0.0, 0.0))
+    np.testing.assert_allclose(res.matrices[:, :, :2], np.repeat(inv[None, :, :2], 4, 0), atol=1e-9)
+
+
+def test_warp_puts_the_source_eye_pixel_on_the_literal_template():
+    """Pixels follow the landmarks: a Gaussian spot at the source position of the image-left eye centre ends up,
+    after align_image's warp, centred on (87, 59) (intensity centroid, < 0.25 px)."""
+    canon = _face_like(SPEC_TEMPLATE)
+    fwd = _similarity(1.3, -12.0, (30.0, 50.0))
+    src = A.apply_affine(fwd, canon)
+    eye = A.three_points(src)[0]
+    yy, xx = np.mgrid[0:400, 0:400].astype(float)
+    spot = 250 * np.exp(-((xx - eye[0]) ** 2 + (yy - eye[1]) ** 2) / (2 * 4.0 ** 2))
+    img = np.repeat(spot[..., None], 3, 2).round().astype(np.uint8)
+    out = A.align_image(img, src, mouth_bias=True).frames[0, :, :, 0].astype(float)
+    yo, xo = np.mgrid[0:224, 0:224]
+    w = out * (out > 5)
+    centroid = np.array([(w * xo).sum() / w.sum(), (w * yo).sum() / w.sum()])
+    assert np.abs(centroid - SPEC_TEMPLATE[0]).max() < 0.25, centroid
+
+
 def test_three_points_are_group_means():
     lm = np.arange(136, dtype=float).reshape(68, 2)
     pts = A.three_points(lm)

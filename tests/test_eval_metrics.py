@@ -140,18 +140,39 @@ def test_sync_scores_hand_built_offset_and_confidence():
 
 
 def test_syncnet_shapes_and_lse_with_random_weights(tmp_path):
+    """lse against an oracle built window by window: video window i = frames i..i+4 (BGR, 0..255), audio window i
+    = MFCC columns 4i..4i+19 (100 MFCC frames/s at 25 fps), each embedded by the same network; distances for audio
+    shifted by -2..2 windows with zero vectors beyond the ends; offset, LSE-D and LSE-C from those by hand."""
     net = SyncNet().eval()
     with torch.no_grad():
         assert net.forward_aud(torch.randn(2, 1, 13, 20)).shape == (2, 1024)
     path = tmp_path / "syncnet_v2.model"
     torch.save(net.state_dict(), path)
     loaded = SyncNet.from_file(path)
-    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3)).astype(np.uint8)
+    # 224 px frames: the oracle needs no resize
+    frames = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3)).astype(np.uint8)
     audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 8 // 25).astype(np.float32)
     out = lse(loaded, frames, audio, vshift=2)
     assert out["num_windows"] == 3  # min(8 frames, 32 MFCC frames // 4) - 5
-    assert len(out["dists"]) == 5 and -2 <= out["offset"] <= 2
-    assert out["lse_c"] >= 0.0 and out["lse_d"] == pytest.approx(min(out["dists"]))
+    cc = mfcc(audio)  # (T_a, 13)
+    with torch.no_grad():
+        v = [net.forward_lip(torch.from_numpy(frames[i:i + 5, :, :, ::-1].astype(np.float32))
+                             .permute(3, 0, 1, 2)[None])[0].double().numpy() for i in range(3)]
+        a = [net.forward_aud(torch.from_numpy(cc[4 * i:4 * i + 20].T.astype(np.float32))[None, None])[0]
+             .double().numpy() for i in range(3)]
+    want = []
+    for shift in range(-2, 3):  # row k = audio shifted by k - 2 windows
+        d = []
+        for i in range(3):
+            j = i + shift
+            aj = a[j] if 0 <= j < 3 else np.zeros_like(a[0])
+            d.append(np.linalg.norm(v[i] - aj))
+        want.append(np.mean(d))
+    np.testing.assert_allclose(out["dists"], want, rtol=1e-4)
+    best = int(np.argmin(want))
+    assert out["offset"] == 2 - best
+    assert out["lse_d"] == pytest.approx(want[best], rel=1e-4)
+    assert out["lse_c"] == pytest.approx(float(np.median(want)) - want[best], rel=1e-3, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="syncnet_v2.model"):
         SyncNet.from_file(tmp_path / "missing.model")
 

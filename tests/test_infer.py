@@ -215,6 +215,16 @@ def test_bf16_precision_from_the_command_line(assets, capsys):
     frames, _ = read_frames(out, fps=None)
     assert frames.shape == (N_FRAMES, 56, 56, 3) and frames.std() > 1
     assert "(bf16)" in capsys.readouterr().out
+    # oracle: the same job in fp32. bf16 must really change the arithmetic (a flag that is parsed but ignored gives
+    # byte-identical frames) yet stay close to fp32 (a wrong cast, range or channel order does not)
+    ref = assets["dir"] / "result_bf16_ref_fp32.mp4"
+    run_inference(base(assets, ref, controls="[mouth]", precision="fp32"))
+    assert "(fp32)" in capsys.readouterr().out
+    ref_frames, _ = read_frames(ref, fps=None)
+    diff = np.abs(frames.astype(np.float64) - ref_frames.astype(np.float64))
+    assert diff.max() > 0
+    # measured: mean 3.5, 99th percentile 13 (of 255); swapped channels give a mean of 87, an inverted range 160
+    assert diff.mean() < 6.0 and np.percentile(diff, 99) < 24
 
 
 def test_fp16_on_cpu_is_refused_before_loading_the_checkpoint(assets, tmp_path):

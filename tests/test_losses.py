@@ -2,6 +2,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +104,40 @@ def test_triplet_info_nce_hand_value():
     expected = -math.log(math.exp(s_ap / 0.1) / (math.exp(s_ap / 0.1) + math.exp(s_an / 0.1)))
     assert triplet_info_nce(a, p, n, 0.1, batch_negatives=False).item() == pytest.approx(expected, rel=1e-4)
     assert triplet_info_nce(a, p, n, 0.1, batch_negatives=True).item() == pytest.approx(expected, rel=1e-4)
+
+
+def _triplet_by_hand(a, p, n, t, batch_negatives):
+    """Explicit loops (numpy, float64): row i's positive is p[i]; its negatives are n[i] and, with batch
+    negatives, every other row's positive p[j] and negative n[j]."""
+    def cos(u, v):
+        return float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    b = len(a)
+    total = 0.0
+    for i in range(b):
+        pos = math.exp(cos(a[i], p[i]) / t)
+        den = pos + math.exp(cos(a[i], n[i]) / t)
+        if batch_negatives:
+            for j in range(b):
+                if j != i:
+                    den += math.exp(cos(a[i], p[j]) / t) + math.exp(cos(a[i], n[j]) / t)
+        total += -math.log(pos / den)
+    return total / b
+
+
+@pytest.mark.parametrize("batch_negatives", [False, True])
+def test_triplet_info_nce_hand_value_at_batch_4(batch_negatives):
+    """At batch 1 every index is 0: a wrong positive index (or label) is invisible. At batch 4 with rows whose
+    positives differ, it changes the value."""
+    rng = np.random.default_rng(3)
+    a, p, n = (rng.normal(size=(4, 5)) for _ in range(3))
+    p[:, 0] += 2.0 * np.arange(4)  # rows' positives clearly distinct
+    t = 0.2
+    want = _triplet_by_hand(a, p, n, t, batch_negatives)
+    got = triplet_info_nce(*(torch.tensor(x) for x in (a, p, n)), t, batch_negatives=batch_negatives).item()
+    assert got == pytest.approx(want, rel=1e-9)
+    # the oracle is sensitive to the positive index: rolling the positives gives another value
+    assert abs(_triplet_by_hand(a, np.roll(p, 1, 0), n, t, batch_negatives) - want) > 0.05
 
 
 # ----------------------------------------------------------------------------------------------- regression etc.

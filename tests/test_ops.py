@@ -461,12 +461,19 @@ def test_fused_leaky_relu_mask_path_channels_last_gradients(impl):
     for slope in (-0.3, 0.0):
         x = base.contiguous(memory_format=torch.channels_last).requires_grad_(True)
         y = pdfgc_ops.fused_leaky_relu(x, None, slope, 1.5, impl=impl)
-        (gx,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
-        np.testing.assert_allclose(gx.detach().numpy(), np.where(base.numpy() >= 0, 1.5, 1.5 * slope), rtol=1e-14)
+        # the upstream gradient is a leaf that needs grad, as in R1 (whose gradient penalty differentiates through
+        # the first backward): the first-order gradient must stay differentiable w.r.t. it
+        gy = torch.ones_like(y).requires_grad_(True)
+        (gx,) = torch.autograd.grad(y, x, gy, create_graph=True)
+        mask = np.where(base.numpy() >= 0, 1.5, 1.5 * slope)
+        np.testing.assert_allclose(gx.detach().numpy(), mask, rtol=1e-14)
+        assert gx.requires_grad  # no silent skip: the second-order checks below must run
+        w = torch.arange(gx.numel(), dtype=gx.dtype).view_as(gx).contiguous(memory_format=torch.channels_last)
+        ggy, ggx = torch.autograd.grad((gx * w).sum(), (gy, x), allow_unused=True)
+        # d(sum(w * gx))/d(gy) = w * scale * (1 if z >= 0 else slope), by hand
+        np.testing.assert_allclose(ggy.detach().numpy(), w.numpy() * mask, rtol=1e-14)
         # second order w.r.t. x is zero (piecewise linear); the compiled path does not even record a dependency
-        if gx.requires_grad:
-            (ggx,) = torch.autograd.grad(gx.sum(), x, allow_unused=True)
-            assert ggx is None or torch.count_nonzero(ggx) == 0
+        assert ggx is None or torch.count_nonzero(ggx) == 0
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 16, 17), (3, 2, 300)])  # planes >= 128 elements: the per-plane kernels

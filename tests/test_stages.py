@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -48,8 +49,15 @@ def test_stage_fast_dev_run_composes_from_real_config(tmp_path, stage):
     gan = stage in ("motion", "emo")
     assert trainer.global_step == (2 if gan else 1)
     assert isinstance(m, STAGES[stage]) and m.optimizer_steps(1) == trainer.global_step
-    total = trainer.callback_metrics["total"]
+    metrics = trainer.callback_metrics
+    total = metrics["total"]
     assert torch.isfinite(total)
+    # the generator total is the weighted sum of the logged terms, and every term with a non-zero weight is there
+    on = {k: w for k, w in m.weights.items() if w}
+    missing = [k for k in on if f"loss/{k}" not in metrics]
+    assert not missing, f"terms with non-zero weight not computed: {missing}"
+    want = sum(w * float(metrics[f"loss/{k}"]) for k, w in on.items())
+    assert float(total) == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert Path(r["last_ckpt"]).is_file()
 
 
@@ -145,6 +153,44 @@ def test_ema_blend_and_half_life():
     beta = ema.update(net, batch_images=1, images_seen=1)
     assert beta == pytest.approx(0.5)
     assert torch.allclose(ema.shadow.weight, 0.5 * old + 0.5 * net.weight)
+
+
+def test_ema_update_at_beta_0_9_weighs_shadow_and_model_by_hand():
+    """At beta 0.5 swapping the two blend weights changes nothing; at beta 0.9 it does. Hand values: shadow 1,
+    model 11 -> 0.9 * 1 + 0.1 * 11 = 2 (swapped: 10). Buffers (BN statistics, the step counter) are copied."""
+    import math
+
+    from pdfgc.stages.ema import EMA
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    # beta = 0.5 ** (batch_images / half_life_img) = 0.9 with one image per update
+    ema = EMA(net, half_life_kimg=1.0 / (1000.0 * math.log2(1 / 0.9)), rampup=None)
+    with torch.no_grad():
+        net[0].weight.fill_(11.0)
+        net[0].bias.fill_(-9.0)
+        net[1].weight.fill_(21.0)
+        net[1].bias.fill_(1.0)  # unchanged parameter: stays 1
+    net[1].running_mean.copy_(torch.tensor([3.0, -4.0]))
+    net[1].running_var.copy_(torch.tensor([0.25, 5.0]))
+    net[1].num_batches_tracked.fill_(7)
+    beta = ema.update(net, batch_images=1, images_seen=1)
+    assert beta == pytest.approx(0.9, abs=1e-12)
+    sh = ema.shadow
+    assert torch.allclose(sh[0].weight, torch.full((2, 3), 2.0), atol=1e-6)   # 0.9*1 + 0.1*11
+    assert torch.allclose(sh[0].bias, torch.full((2,), -0.0), atol=1e-6)      # 0.9*1 + 0.1*(-9)
+    assert torch.allclose(sh[1].weight, torch.full((2,), 3.0), atol=1e-6)     # 0.9*1 + 0.1*21
+    assert torch.allclose(sh[1].bias, torch.full((2,), 1.0), atol=1e-6)
+    assert torch.equal(sh[1].running_mean, torch.tensor([3.0, -4.0]))       # copied, not blended
+    assert torch.equal(sh[1].running_var, torch.tensor([0.25, 5.0]))
+    assert int(sh[1].num_batches_tracked) == 7
+    # a second update blends from the new shadow: 0.9*2 + 0.1*11 = 2.9
+    ema.update(net, batch_images=1, images_seen=2)
+    assert torch.allclose(sh[0].weight, torch.full((2, 3), 2.9), atol=1e-6)
+    # the model itself is untouched by the update
+    assert torch.equal(net[0].weight, torch.full((2, 3), 11.0))
 
 
 def test_ema_generator_moves_toward_the_trained_generator(tmp_path):
@@ -293,6 +339,121 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
         assert (m2.generator.eval()(style, f_sp, noise_mode="const") - want).abs().max() > 1e-2
 
 
+# ---------------------------------------------------------------------------------------------- emo decorrelation
+def _decor_by_hand(x: np.ndarray, y: np.ndarray, eps: float = 1e-5) -> float:
+    """Mean over (i, j) of the squared Pearson correlation of column i of x and column j of y (population std)."""
+    n = len(x)
+    zx = [(x[:, i] - x[:, i].mean()) / (x[:, i].std() + eps) for i in range(x.shape[1])]
+    zy = [(y[:, j] - y[:, j].mean()) / (y[:, j].std() + eps) for j in range(y.shape[1])]
+    total = 0.0
+    for a in zx:
+        for b in zy:
+            total += (float(np.dot(a, b)) / n) ** 2
+    return total / (len(zx) * len(zy))
+
+
+def test_emo_decor_uses_the_memory_bank_rows_and_trains_only_the_current_codes(tmp_path):
+    """Three emo iterations of 4 rows with a 5-row bank: the first `decor` is the batch statistic alone, the second
+    is computed over the batch plus the 4 rows pushed before, the third over the batch plus the 5 most recent rows
+    (FIFO), rows of the two banks staying paired. Gradients reach the current emotion codes only (not the audio
+    features, not the earlier codes held in the bank), and equal those of the hand formula with the bank fixed."""
+    from pdfgc.train.run import build_stage
+
+    m = build_stage(compose_cfg(tmp_path, *small("emo"), "stage.loss.bank_size=5", "stage.loss.weights.vgg=0",
+                                "stage.loss.weights.l1=0", "stage.loss.weights.sync=0"))
+    emo_dim = m.nets["motion"].code_dims["emo"]
+    aud_dim = m.nets["audio"].config["embed_dim"]
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(emo_dim, aud_dim, generator=gen)  # correlated features: the statistic is far from 0
+
+    def step(i):
+        e = torch.randn(4, emo_dim, generator=gen).requires_grad_(True)
+        a = (e.detach() @ mix * (0.3 * i + 0.5) + torch.randn(4, aud_dim, generator=gen)).requires_grad_(True)
+        out = {"c": 0, "fake": torch.zeros(2, 3, 8, 8), "real": torch.zeros(2, 3, 8, 8), "emo": e, "f_aud": a,
+               "lip_a": torch.zeros(2, 2, 500)}
+        return e, a, m.compute_losses({}, out)["decor"]
+
+    n = lambda t: t.detach().double().numpy()
+    e1, a1, d1 = step(0)
+    assert d1.item() == pytest.approx(_decor_by_hand(n(e1), n(a1)), rel=1e-4)
+    e2, a2, d2 = step(1)
+    want2 = _decor_by_hand(np.concatenate([n(e2), n(e1)]), np.concatenate([n(a2), n(a1)]))
+    assert d2.item() == pytest.approx(want2, rel=1e-4)
+    assert abs(want2 - _decor_by_hand(n(e2), n(a2))) > 0.02  # the bank rows change the value
+    d2.backward()
+    assert e1.grad is None and a1.grad is None and a2.grad is None  # bank rows and audio carry no gradient
+    assert e2.grad is not None and e2.grad.abs().sum() > 0
+    # oracle gradient: the same statistic written out in torch with the bank rows as constants
+    leaf = e2.detach().clone().requires_grad_(True)
+    x = torch.cat([leaf, e1.detach()])
+    y = torch.cat([a2, a1]).detach()
+    xs = (x - x.mean(0)) / (x.std(0, unbiased=False) + 1e-5)
+    ys = (y - y.mean(0)) / (y.std(0, unbiased=False) + 1e-5)
+    ((xs.t() @ ys / 8).square().mean()).backward()
+    assert torch.allclose(e2.grad, leaf.grad, atol=1e-7, rtol=1e-4)
+    # FIFO: the bank now holds the last 5 pushed rows (e1[3], e2[0..3]), paired with (a1[3], a2[0..3])
+    e3, a3, d3 = step(2)
+    want3 = _decor_by_hand(np.concatenate([n(e3), n(e1)[3:], n(e2)]), np.concatenate([n(a3), n(a1)[3:], n(a2)]))
+    assert d3.item() == pytest.approx(want3, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- eye stage layout
+def test_eye_stage_regression_dims_are_the_dims_inference_keeps():
+    """SPEC 1.7 (literal numbers, not read back from constants): with only blink on, inference keeps eye-code dims
+    {0, 1, 4, 5}; with only gaze on, {2, 3}. The dims the eye stage regresses as openness must be among the blink
+    dims, and its gaze dims must be exactly the gaze dims, or training teaches a layout inference throws away."""
+    from pdfgc.models.latent import Controls, eye_mask
+    from pdfgc.stages.eye import GAZE_CODE_DIMS, OPEN_DIMS
+
+    kept_blink = {i for i, v in enumerate(eye_mask(Controls(blink=True), 6).tolist()) if v == 1.0}
+    kept_gaze = {i for i, v in enumerate(eye_mask(Controls(gaze=True), 6).tolist()) if v == 1.0}
+    assert kept_blink == {0, 1, 4, 5} and kept_gaze == {2, 3}
+    assert tuple(OPEN_DIMS) == (0, 1) and tuple(GAZE_CODE_DIMS) == (2, 3)
+    assert set(OPEN_DIMS) <= kept_blink and set(GAZE_CODE_DIMS) == kept_gaze
+
+
+def _smooth_l1(d: float, beta: float = 0.1) -> float:
+    d = abs(d)
+    return 0.5 * d * d / beta if d < beta else d - 0.5 * beta
+
+
+def test_eye_stage_regresses_the_positive_frames_open_and_gaze_columns(tmp_path):
+    """A motion encoder whose eye code is a known function of the image (code = the first 6 pixels of row 0,
+    channel 0): the `open` term must be the smooth-L1 (beta 0.1) of the positive frames' code columns 0, 1 against
+    eye_open, the `gaze` term that of columns 2, 3 against gaze (NaN masked), with hand-computed values."""
+    from pdfgc.train.run import build_stage
+
+    m = build_stage(compose_cfg(tmp_path, *small("eye")))
+    motion = m.nets["motion"]
+    motion.trunk = lambda x: x[:, 0, 0, :8]
+    motion.head = lambda role, f, with_feature=False: (f, f[:, :6]) if with_feature else f[:, :6]
+    s = 16
+    codes = {  # rows = samples; every column differs so a wrong column or a wrong frame shows
+        "anchor": [[-0.9, -0.8, -0.7, -0.6, -0.5, -0.4], [-0.3, -0.2, -0.1, -0.05, -0.01, -0.02]],
+        "positive": [[0.9, 0.2, 0.5, -0.3, 0.7, 0.15], [0.1, 0.6, -0.8, 0.4, 0.35, 0.25]],
+        "negative": [[0.45, 0.55, 0.65, 0.75, 0.85, 0.95], [-0.45, -0.55, -0.65, -0.75, -0.85, -0.95]],
+    }
+    batch = {}
+    for k, rows in codes.items():
+        x = torch.zeros(2, 3, s, s)
+        x[:, 0, 0, :6] = torch.tensor(rows)
+        x[:, 0, 0, 6:8] = 1.0  # keeps every feature row non-zero for the cosine similarities
+        batch[k] = x
+    batch["eye_open"] = torch.tensor([[0.6, 0.25], [0.1, 0.1]])
+    batch["gaze"] = torch.tensor([[0.0, float("nan")], [-0.2, 0.4]])
+    terms = m.compute_losses(batch)
+    # open: positive code dims (0, 1) = (0.9, 0.2), (0.1, 0.6) vs (0.6, 0.25), (0.1, 0.1)
+    #   diffs 0.3, 0.05, 0.0, 0.5 -> 0.25, 0.0125, 0, 0.45 -> mean 0.178125
+    want_open = (_smooth_l1(0.3) + _smooth_l1(0.05) + _smooth_l1(0.0) + _smooth_l1(0.5)) / 4
+    assert want_open == pytest.approx(0.178125)
+    # gaze: positive code dims (2, 3) = (0.5, -0.3), (-0.8, 0.4) vs (0.0, NaN), (-0.2, 0.4)
+    #   diffs 0.5, masked, 0.6, 0.0 -> 0.45, 0.55, 0 over 3 known entries
+    want_gaze = (_smooth_l1(0.5) + _smooth_l1(0.6) + _smooth_l1(0.0)) / 3
+    assert want_gaze == pytest.approx(1.0 / 3)
+    assert terms["open"].item() == pytest.approx(want_open, abs=1e-6)
+    assert terms["gaze"].item() == pytest.approx(want_gaze, abs=1e-6)
+
+
 @pytest.mark.parametrize("stage", ["motion", "emo"])
 def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
     from pdfgc.train.run import run_stage
@@ -303,6 +464,31 @@ def test_region_l1_terms_run_from_the_data_boxes(tmp_path, stage):
     for term in ("l1_eye", "l1_mouth"):
         v = metrics[f"loss/{term}"]
         assert torch.isfinite(v) and v > 0
+
+
+def test_emo_region_l1_reads_the_boxes_of_the_target_frame(tmp_path):
+    """The emo target is the window's centre frame (c = 1 of 3), so its region terms must use that frame's boxes.
+    Hand values: fake - real = 1 in the top-left quarter of the image, 0 elsewhere. At frame c the eye box is the
+    top-left quarter (l1_eye = 1) and the mouth box the whole image (l1_mouth = 1/4); at the other frames both
+    boxes are the bottom-right quarter (0): reading another frame's boxes gives 0."""
+    from pdfgc.train.run import build_stage
+
+    m = build_stage(compose_cfg(tmp_path, *small("emo"), "stage.loss.weights.vgg=0", "stage.loss.weights.l1=0",
+                                "stage.loss.weights.sync=0", "stage.loss.weights.decor=0",
+                                "stage.loss.weights.l1_eye=1.0", "stage.loss.weights.l1_mouth=1.0"))
+    real = torch.zeros(2, 3, 8, 8)
+    fake = real.clone()
+    fake[:, :, :4, :4] = 1.0
+    other = torch.tensor([0.5, 0.5, 1.0, 1.0])
+    eye = other.repeat(2, 3, 1)
+    mouth = other.repeat(2, 3, 1)
+    eye[:, 1] = torch.tensor([0.0, 0.0, 0.5, 0.5])
+    mouth[:, 1] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    terms = m.compute_losses({"gt_eye_box": eye, "gt_mouth_box": mouth},
+                             {"c": 1, "fake": fake, "real": real, "emo": torch.zeros(6, 30)})
+    assert set(terms) == {"l1_eye", "l1_mouth"}
+    assert terms["l1_eye"].item() == pytest.approx(1.0, abs=1e-6)
+    assert terms["l1_mouth"].item() == pytest.approx(0.25, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- adding a stage
