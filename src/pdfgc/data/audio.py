@@ -29,7 +29,8 @@ import numpy as np
 
 from pdfgc.constants import (FMAX, FMIN, FRAME_OFFSET, HOP_LENGTH, MEL_PER_FRAME, MEL_WINDOW, N_FFT, N_MELS,
                              SAMPLE_RATE, WIN_LENGTH)
-from pdfgc.errors import UserError
+from pdfgc.data.video import (MAX_AUDIO_CHANNELS, MAX_AUDIO_RATE, MAX_AUDIO_SECONDS, MIN_AUDIO_RATE,  # noqa: F401
+                              AudioError, check_audio_header)
 
 RMS_TARGET = 0.1  # reference loudness after normalisation
 RMS_FLOOR = 1e-4  # denominator floor of the reference normalisation
@@ -42,14 +43,8 @@ PRE_PAD = WIN_LENGTH - HOP_LENGTH  # 1120 zeros before the signal (lws perfectre
 
 # plausibility limits checked on a file's header before decoding (a lying header must not make pdfgc allocate without
 # bound); every loader takes them as arguments, these are the defaults
-MAX_AUDIO_SECONDS = 3600.0  # one hour: 230 MB of 16 kHz float32, the largest decode buffer at 48 kHz stereo 1.4 GB
-MIN_AUDIO_RATE = 4000  # Hz; below this no speech survives (and resampling up would multiply the length)
-MAX_AUDIO_RATE = 384000  # Hz; the highest rate of real audio interfaces
-MAX_AUDIO_CHANNELS = 32
 
 
-class AudioError(UserError, ValueError):
-    """Audio that cannot be turned into mel features; the message names the file and what to do."""
 
 
 class SilentAudioWarning(UserWarning):
@@ -224,23 +219,6 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
     return librosa.resample(np.asarray(wav, dtype=np.float32), orig_sr=int(orig_sr),
                             target_sr=int(target_sr)).astype(np.float32)
 
-
-def check_audio_header(path, sample_rate: float | None, channels: int | None, seconds: float | None, *,
-                       max_seconds: float = MAX_AUDIO_SECONDS, min_rate: float = MIN_AUDIO_RATE,
-                       max_rate: float = MAX_AUDIO_RATE, max_channels: int = MAX_AUDIO_CHANNELS) -> None:
-    """AudioError unless a header's sample rate (Hz), channel count and duration (s) are plausible (None = the
-    header does not say; decoding is bounded anyway); the message names the limit (an argument of the loaders,
-    default `pdfgc.data.audio.<NAME>`)."""
-    if sample_rate is not None and not min_rate <= float(sample_rate) <= max_rate:
-        raise AudioError(f"{path}: the header says {sample_rate} Hz, outside [{min_rate}, {max_rate}] Hz (limits "
-                         "min_rate/max_rate, pdfgc.data.audio.MIN_AUDIO_RATE/MAX_AUDIO_RATE); the file is damaged "
-                         "or not audio: re-export it as a 16 kHz mono wav")
-    if channels is not None and not 1 <= int(channels) <= max_channels:
-        raise AudioError(f"{path}: the header says {channels} channels, outside [1, {max_channels}] (limit "
-                         "max_channels, pdfgc.data.audio.MAX_AUDIO_CHANNELS); re-export it as a mono wav")
-    if seconds is not None and seconds > max_seconds:
-        raise AudioError(f"{path}: the header says {seconds:.1f} s of audio, more than max_seconds={max_seconds:g} "
-                         "(pdfgc.data.audio.MAX_AUDIO_SECONDS); cut the audio into shorter parts or raise the limit")
 
 
 def load_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float = MAX_AUDIO_SECONDS,

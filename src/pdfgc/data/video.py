@@ -21,10 +21,19 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 MAX_FRAME_PIXELS = 8192 * 8192  # 8K is 7680x4320
 MAX_VIDEO_FRAMES = 200_000  # over two hours at 25 fps
 MAX_DECODED_BYTES = 16 * 2 ** 30  # RGB frames held in memory by one read_frames call (16 GiB)
+# audio headers (the loaders of pdfgc.data.audio and read_audio below take these as arguments)
+MAX_AUDIO_SECONDS = 3600.0  # one hour: 230 MB of 16 kHz float32, the largest decode buffer at 48 kHz stereo 1.4 GB
+MIN_AUDIO_RATE = 4000  # Hz; below this no speech survives (and resampling up would multiply the length)
+MAX_AUDIO_RATE = 384000  # Hz; the highest rate of real audio interfaces
+MAX_AUDIO_CHANNELS = 32
 
 
 class MediaError(UserError, RuntimeError):
     """A media file could not be read or written; the message names the file and what to do."""
+
+
+class AudioError(UserError, ValueError):
+    """Audio that cannot be turned into mel features; the message names the file and what to do."""
 
 
 class PartialMediaWarning(UserWarning):
@@ -139,6 +148,24 @@ def read_frames(path, fps: float | None = FPS, max_frames: int | None = None, *,
     return frames[np.clip(idx, 0, len(frames) - 1)], float(fps)
 
 
+def check_audio_header(path, sample_rate: float | None, channels: int | None, seconds: float | None, *,
+                       max_seconds: float = MAX_AUDIO_SECONDS, min_rate: float = MIN_AUDIO_RATE,
+                       max_rate: float = MAX_AUDIO_RATE, max_channels: int = MAX_AUDIO_CHANNELS) -> None:
+    """AudioError unless a header's sample rate (Hz), channel count and duration (s) are plausible (None = the
+    header does not say; decoding is bounded anyway); the message names the limit (an argument of the loaders,
+    default `pdfgc.data.video.<NAME>`)."""
+    if sample_rate is not None and not min_rate <= float(sample_rate) <= max_rate:
+        raise AudioError(f"{path}: the header says {sample_rate} Hz, outside [{min_rate}, {max_rate}] Hz (limits "
+                         "min_rate/max_rate, pdfgc.data.audio.MIN_AUDIO_RATE/MAX_AUDIO_RATE); the file is damaged "
+                         "or not audio: re-export it as a 16 kHz mono wav")
+    if channels is not None and not 1 <= int(channels) <= max_channels:
+        raise AudioError(f"{path}: the header says {channels} channels, outside [1, {max_channels}] (limit "
+                         "max_channels, pdfgc.data.audio.MAX_AUDIO_CHANNELS); re-export it as a mono wav")
+    if seconds is not None and seconds > max_seconds:
+        raise AudioError(f"{path}: the header says {seconds:.1f} s of audio, more than max_seconds={max_seconds:g} "
+                         "(pdfgc.data.audio.MAX_AUDIO_SECONDS); cut the audio into shorter parts or raise the limit")
+
+
 def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | None = None,
                min_rate: float | None = None, max_rate: float | None = None,
                max_channels: int | None = None) -> np.ndarray:
@@ -148,12 +175,10 @@ def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | Non
     MediaError when the file has no audio, cannot be decoded or exceeds a limit."""
     import av
 
-    from pdfgc.data import audio as A
-
-    limits = dict(max_seconds=A.MAX_AUDIO_SECONDS if max_seconds is None else max_seconds,
-                  min_rate=A.MIN_AUDIO_RATE if min_rate is None else min_rate,
-                  max_rate=A.MAX_AUDIO_RATE if max_rate is None else max_rate,
-                  max_channels=A.MAX_AUDIO_CHANNELS if max_channels is None else max_channels)
+    limits = dict(max_seconds=MAX_AUDIO_SECONDS if max_seconds is None else max_seconds,
+                  min_rate=MIN_AUDIO_RATE if min_rate is None else min_rate,
+                  max_rate=MAX_AUDIO_RATE if max_rate is None else max_rate,
+                  max_channels=MAX_AUDIO_CHANNELS if max_channels is None else max_channels)
     cap = int(limits["max_seconds"] * sample_rate) + sample_rate  # output samples; one second of slack
     with _open(path) as container:
         if not container.streams.audio:
@@ -161,8 +186,8 @@ def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | Non
         stream = container.streams.audio[0]
         seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
         try:
-            A.check_audio_header(path, stream.sample_rate or None, stream.channels or None, seconds, **limits)
-        except A.AudioError as e:
+            check_audio_header(path, stream.sample_rate or None, stream.channels or None, seconds, **limits)
+        except AudioError as e:
             raise MediaError(str(e)) from e
         resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
         chunks, total = [], 0
@@ -172,13 +197,13 @@ def read_audio(path, sample_rate: int = SAMPLE_RATE, *, max_seconds: float | Non
                     chunks.append(rf.to_ndarray()[0])
                     total += len(chunks[-1])
                 if total > cap:
-                    raise A.AudioError(f"{path}: more than max_seconds={limits['max_seconds']:g} s of audio "
+                    raise AudioError(f"{path}: more than max_seconds={limits['max_seconds']:g} s of audio "
                                        "decoded (pdfgc.data.audio.MAX_AUDIO_SECONDS; the header said "
                                        f"{'nothing' if seconds is None else f'{seconds:.1f} s'}); cut it into "
                                        "shorter parts or raise the limit")
             for rf in resampler.resample(None):
                 chunks.append(rf.to_ndarray()[0])
-        except A.AudioError as e:
+        except AudioError as e:
             raise MediaError(str(e)) from e
         except Exception as e:
             if not chunks:
