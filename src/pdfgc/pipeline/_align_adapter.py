@@ -64,8 +64,10 @@ def landmark_backend(backend: str, weights=None):
                             "or give aligned 224x224 crops]") from e
 
 
-def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input") -> np.ndarray:
-    """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3).
+def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input",
+          return_matrices: bool = False):
+    """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3); with `return_matrices` also the
+    float64 (T,2,3) maps raw pixel -> aligned pixel (what paste-back inverts).
 
     Photos (sequence=False): exactly one face per image, one transform per image. Videos / frame folders: the face
     is tracked (the largest face when several are seen, up to 20% of frames without a face are interpolated) and
@@ -78,12 +80,15 @@ def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: 
     try:
         if sequence and len(frames) > 1:
             lm, _ = L.track_video(det, frames, multiple="largest", max_missing=0.2, name=name)
-            return AL.align_video(frames, lm).frames
-        out = []
+            r = AL.align_video(frames, lm)
+            return (r.frames, r.matrices) if return_matrices else r.frames
+        out, mats = [], []
         for t, f in enumerate(frames):
             lm = L.detect_one(det, f, multiple="error", name=name if len(frames) == 1 else f"{name} frame {t}")
-            out.append(AL.align_image(f, lm).frames)
-        return np.concatenate(out)
+            r = AL.align_image(f, lm)
+            out.append(r.frames)
+            mats.append(r.matrices)
+        return (np.concatenate(out), np.concatenate(mats)) if return_matrices else np.concatenate(out)
     except L.MultipleFacesError as e:
         raise PipelineError(f"{e}".split("; crop")[0] + "; crop the image to one person, or pass an aligned "
                             "224x224 crop of that face") from e

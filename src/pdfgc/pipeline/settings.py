@@ -51,6 +51,8 @@ class InferenceSettings:
     controls: Any = ("all",)            # any of mouth, blink, gaze, emo, headpose; [all]; [] = static face
     layout: str = "video"               # video | panel = [appearance|generated|pose|exp|eye]
     sync_fix: bool = False              # delay the video 2 frames (the reference's mouth leads the audio ~80 ms)
+    paste_back: bool = True             # raw photo / video source: paste the face back into the whole frame
+    watermark: bool = True              # label written videos as synthetic: invisible watermark + metadata
     # how inputs are read
     aligned: Any = "auto"               # auto: 224x224 inputs are aligned crops; true: never align; false: always
     landmarks: str = "dlib"             # landmark backend for alignment: dlib | face_alignment
@@ -76,7 +78,7 @@ class InferenceSettings:
         _one_of("landmarks", self.landmarks, LANDMARK_BACKENDS)
         set_(self, "batch_size", _integer("batch_size", self.batch_size, minimum=1))
         set_(self, "seed", _integer("seed", self.seed))
-        for key in ("sync_fix", "progress"):
+        for key in ("sync_fix", "progress", "paste_back", "watermark"):
             if not isinstance(getattr(self, key), bool):
                 raise PipelineError(f"{key}: expected true or false, got {getattr(self, key)!r}")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
@@ -115,7 +117,8 @@ class InferenceSettings:
 FIELDS = tuple(f.name for f in fields(InferenceSettings))
 # settings used per call of `Pipeline.__call__` (the others fix how the Pipeline's networks run, or are infer.py's
 # inputs, which the Python API takes as arguments)
-CALL_FIELDS = ("controls", "layout", "sync_fix", "aligned", "landmarks", "landmark_weights", "progress")
+CALL_FIELDS = ("controls", "layout", "sync_fix", "paste_back", "watermark", "aligned", "landmarks",
+               "landmark_weights", "progress")
 PIPELINE_FIELDS = ("device", "batch_size", "precision", "seed", "noise_mode")
 
 
