@@ -293,3 +293,49 @@ def test_dubbing_a_video_pastes_every_frame_back_into_its_own_frame(tmp_path):
     written, fps = read_frames(out, fps=None)
     assert written.shape == res.frames.shape and fps == pytest.approx(25)
     assert abs(len(read_audio(out)) / SAMPLE_RATE - seconds) < 0.1
+
+
+def test_dub_appearance_frame_takes_each_frame_s_own_appearance(tmp_path):
+    """dub_appearance=frame: output frame i is generated from video frame i's own crop, so with the echo generator
+    the dubbed video reproduces the video inside the face too (up to the two resamplings); `first` pastes frame 0's
+    face into every frame."""
+    from pdfgc.data.video import read_frames
+    from pdfgc.pipeline import Pipeline
+
+    video = carphone()
+    frames25, _ = read_frames(video)
+    pipe = Pipeline(EchoModels(), device="cpu", progress=False, controls=[])
+    per = pipe(str(video), tone(1.6), dub_appearance="frame")
+    first = pipe(str(video), tone(1.6), dub_appearance="first")
+    n = per.num_frames
+    err_per = np.mean([np.abs(per.frames[i].astype(int) - frames25[i]).mean() for i in range(n)])
+    err_first = np.mean([np.abs(first.frames[i].astype(int) - frames25[i]).mean() for i in range(n)])
+    assert err_per < 2.0 and err_first > err_per
+
+
+def test_the_reference_s_pre_cropped_256_frames_are_not_realigned(astronaut, tmp_path):
+    """aligned=auto recognises a square crop whose landmarks sit at the template (the reference's 256x256 example
+    drivers) and passes it through; a raw square photo is still aligned."""
+    import cv2
+
+    from pdfgc.data import align, landmarks
+    from pdfgc.pipeline import _align_adapter, inputs
+
+    lm = landmarks.detect_one(landmarks.get_backend("dlib"), astronaut)
+    crop224 = align.align_image(astronaut, lm).frames[0]
+    crop256 = cv2.resize(crop224, (256, 256), interpolation=cv2.INTER_CUBIC)
+    assert inputs.is_aligned_crop(crop256[None])
+    assert not inputs.is_aligned_crop(astronaut[None])  # 512x512, face elsewhere
+    assert not inputs.is_aligned_crop(np.ascontiguousarray(astronaut[:256, 128:384])[None])  # square, not aligned
+    called = []
+    real = _align_adapter.align
+    try:
+        _align_adapter.align = lambda *a, **k: called.append(1) or real(*a, **k)
+        got = inputs.prepare_frames(np.stack([crop256] * 3), "driver", True, aligned="auto", landmarks="dlib",
+                                    landmark_weights=None)
+        res, _ = echo(crop256)
+    finally:
+        _align_adapter.align = real
+    assert not called and got.shape == (3, 224, 224, 3)
+    assert np.array_equal(got[0], cv2.resize(crop256, (224, 224), interpolation=cv2.INTER_LINEAR))
+    assert not res.pasted and res.frames.shape[1:] == (S, S, 3)

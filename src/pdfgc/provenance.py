@@ -31,6 +31,15 @@ METHOD = "dwtDctSvd"
 # for 35.4 dB PSNR on the astronaut photo instead of 37.5 dB; docs/inference.md "Provenance")
 SCALES = [0, 60, 0]
 MIN_SIDE = 256                    # invisible-watermark refuses frames smaller than 256 x 256
+MAX_SIDE = 512                    # the mark goes into the central square of at most this side: its cost (the
+                                  # library's per-block SVD, ~0.75 s per 512 x 512 on one core) stays bounded
+
+
+def _region(h: int, w: int, side: int = MAX_SIDE) -> tuple[slice, slice]:
+    """The central square (at most `side` a side) of an h x w frame that carries the mark."""
+    s = min(h, w, side)
+    y, x = (h - s) // 2, (w - s) // 2
+    return slice(y, y + s), slice(x, x + s)
 LABEL = "AI-generated (synthetic) video made by pdfgc (PD-FGC talking-head synthesis)"
 CHECK_FRAMES = 16
 FOUND_ACCURACY = 0.9              # voted bit accuracy above which the watermark counts as found (chance: 0.5)
@@ -78,14 +87,24 @@ class FrameMarker:
                             w, h, MIN_SIDE)
                 self._warned = True
             return frame
-        bgr = np.ascontiguousarray(frame[:, :, ::-1])
-        return np.ascontiguousarray(self._enc.encode(bgr, METHOD, scales=SCALES)[:, :, ::-1])
+        ys, xs = _region(h, w)
+        out = np.array(frame, copy=True)
+        bgr = np.ascontiguousarray(frame[ys, xs, ::-1])
+        out[ys, xs] = self._enc.encode(bgr, METHOD, scales=SCALES)[:, :, ::-1]
+        return out
 
 
-def decode_bits(frame: np.ndarray) -> np.ndarray | None:
-    """The 64 embedded bits read from one RGB frame (None when it is too small to carry them)."""
+def decode_bits(frame: np.ndarray, scale: int = 1) -> np.ndarray | None:
+    """The 64 embedded bits read from one RGB frame (None when it is too small to carry them); `scale` = 2 reads a
+    copy downscaled to half: the frame is taken at twice its size."""
+    import cv2
     from imwatermark import WatermarkDecoder
 
+    h, w = frame.shape[:2]
+    ys, xs = _region(h, w, MAX_SIDE // scale)
+    frame = frame[ys, xs]
+    if scale != 1:
+        frame = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_LINEAR)
     if min(frame.shape[:2]) < MIN_SIDE:
         return None
     dec = WatermarkDecoder("bytes", len(PAYLOAD) * 8)
@@ -93,10 +112,10 @@ def decode_bits(frame: np.ndarray) -> np.ndarray | None:
     return np.unpackbits(np.frombuffer(bytes(raw), np.uint8))[: len(PAYLOAD) * 8]
 
 
-def frame_accuracy(frames) -> float | None:
+def frame_accuracy(frames, scale: int = 1) -> float | None:
     """Bit accuracy of the per-bit majority vote over `frames` against `PAYLOAD` (None if no frame is large
     enough)."""
-    votes = [b for b in (decode_bits(f) for f in frames) if b is not None]
+    votes = [b for b in (decode_bits(f, scale) for f in frames) if b is not None]
     if not votes:
         return None
     voted = (np.mean(votes, axis=0) >= 0.5).astype(np.uint8)
@@ -107,7 +126,6 @@ def check(path) -> dict:
     """Look for pdfgc's labels in a video file -> {"metadata": {tag: value} of pdfgc's tags, "watermark": voted bit
     accuracy (best of native size and 2x upscale) or None, "scale": the scale that gave it, "frames": checked}."""
     import av
-    import cv2
 
     _check_library()
     path = Path(path)
@@ -132,9 +150,7 @@ def check(path) -> dict:
         raise ProvenanceError(f"{path}: cannot read as a video ({type(e).__name__}: {e})") from e
     best, scale = None, None
     for s in (1, 2):
-        fr = frames if s == 1 else [cv2.resize(f, (f.shape[1] * 2, f.shape[0] * 2), interpolation=cv2.INTER_LINEAR)
-                                    for f in frames]
-        acc = frame_accuracy(fr)
+        acc = frame_accuracy(frames, s)
         if acc is not None and (best is None or acc > best):
             best, scale = acc, s
         if best is not None and best >= FOUND_ACCURACY:

@@ -94,3 +94,35 @@ def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: 
                             "224x224 crop of that face") from e
     except (L.LandmarkError, AL.AlignmentError) as e:
         raise PipelineError(str(e)) from e
+
+
+# how far (pixels on the 224 canvas) the eye and mouth centres of a square input may lie from ALIGN_TEMPLATE for
+# aligned=auto to take it as an already aligned crop (PC-AVS crops pin the mouth exactly and the eyes within a few
+# pixels; a raw photo whose face happens to sit there is aligned already, so it needs no alignment either)
+TEMPLATE_TOLERANCE = 8.0
+
+
+def looks_aligned(frames: np.ndarray, backend: str, weights=None) -> bool:
+    """aligned=auto's rule: 224x224 frames are aligned crops (the reference's convention); other SQUARE frames
+    (e.g. the reference's pre-cropped 256x256 example drivers) are aligned crops when the landmarks of their first,
+    middle and last frames, scaled to the 224 canvas, put both eye centres and the inner-mouth centre within
+    `TEMPLATE_TOLERANCE` pixels of the template. Anything else is aligned."""
+    from pdfgc.constants import ALIGN_TEMPLATE
+    from pdfgc.data import align as AL
+    from pdfgc.data import landmarks as L
+
+    h, w = frames.shape[1:3]
+    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+        return True
+    if h != w:
+        return False
+    det = landmark_backend(backend, weights)
+    for t in sorted({0, len(frames) // 2, len(frames) - 1}):
+        try:
+            lm = L.detect_one(det, frames[t], multiple="largest")
+        except (L.LandmarkError, ValueError):
+            return False  # no face: not an aligned crop (alignment then reports the problem)
+        pts = AL.three_points(lm) * (IMAGE_SIZE / w)
+        if np.abs(pts - np.asarray(ALIGN_TEMPLATE)).max() > TEMPLATE_TOLERANCE:
+            return False
+    return True

@@ -383,10 +383,13 @@ class Pipeline:
         lip, emo_c, eye_c, pose_c = apply_controls(lip, emo_c, eye_c, pose_c, controls)
         return assemble_style(f_app.float().expand(n, -1), lip, emo_c, eye_c, pose_c), f_sp
 
-    def _render(self, style: torch.Tensor, f_sp: torch.Tensor, n: int, progress: bool, as_uint8: bool):
+    def _render(self, style: torch.Tensor, f_sp: torch.Tensor, n: int, progress: bool, as_uint8: bool,
+                appearance: "DriverFrames | None" = None):
         """Run the generator batch by batch and yield each batch as it is ready: uint8 (b,S,S,3) frames with
         `as_uint8`, else float (b,3,S,S) on the CPU. Only the generator's own time is counted in its timing (the
-        caller may encode frames between batches)."""
+        caller may encode frames between batches). `appearance`: per-frame appearance images (output frame i uses
+        image i mod T), encoded batch by batch: their code replaces the style's appearance part and their spatial
+        feature replaces `f_sp`."""
         m = self.models
         bar = None
         if progress:
@@ -399,10 +402,18 @@ class Pipeline:
         try:
             for i in range(0, n, self.batch_size):
                 b = min(self.batch_size, n - i)
+                st_b, sp_b = style[i:i + b], f_sp.expand(b, -1, -1, -1)
+                if appearance is not None:
+                    t0 = time.perf_counter()
+                    x = appearance.take([(i + k) % len(appearance) for k in range(b)]).to(self.device)
+                    with torch.inference_mode(), self._amp():
+                        app_b, sp_b = m.appearance(x)
+                    st_b = st_b.clone()
+                    st_b[:, :app_b.shape[1]] = app_b.float()
+                    self._tick("appearance", t0)
                 t0 = time.perf_counter()
                 with torch.inference_mode(), self._amp():
-                    img = m.generator(style[i:i + b], f_sp.expand(b, -1, -1, -1), noise_mode=self.noise_mode,
-                                      rng=rng)
+                    img = m.generator(st_b, sp_b, noise_mode=self.noise_mode, rng=rng)
                 if isinstance(img, (tuple, list)):
                     img = img[0]
                 batch = to_uint8(img) if as_uint8 else img.float().cpu()
@@ -610,7 +621,11 @@ class PipelineStream:
         pipe, s, src = self._pipe, self._s, self._src
         lead = FRAME_OFFSET if s.sync_fix else 0
         i = 0
-        for batch in pipe._render(self._style, self._f_sp, self._n, s.progress, as_uint8=True):
+        per_frame = None
+        if src.video and s.dub_appearance == "frame":
+            per_frame = DriverFrames(src.crops, pipe.image_size)
+        for batch in pipe._render(self._style, self._f_sp, self._n, s.progress, as_uint8=True,
+                                  appearance=per_frame):
             panels = None
             if self._panel_drivers is not None:
                 panels = make_panel(self._src_t, batch, self._panel_drivers, self._n, start=i)

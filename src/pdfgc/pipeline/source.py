@@ -58,7 +58,7 @@ def load(source, *, aligned: str, landmarks: str, landmark_weights, max_frames: 
             frames, _ = read_frames(path, fps=FPS, max_frames=max_frames)
         except MediaError as e:
             raise PipelineError(f"source: {e}") from e
-        if inputs_passthrough(frames, aligned):
+        if inputs_passthrough(frames, aligned, landmarks, landmark_weights):
             return Source(inputs.prepare_frames(frames, label, True, **read), video=True)
         crops, mats = _align_adapter.align(frames, sequence=True, backend=landmarks, weights=landmark_weights,
                                            name=label, return_matrices=True)
@@ -74,24 +74,17 @@ def load(source, *, aligned: str, landmarks: str, landmark_weights, max_frames: 
         if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             return Source(inputs.load_source(source, **read)[None])  # reports the bad array
         frame = arr
-    if inputs_passthrough(frame[None], aligned):
+    if inputs_passthrough(frame[None], aligned, landmarks, landmark_weights):
         return Source(inputs.prepare_frames(frame[None], label, False, **read))
     crops, mats = _align_adapter.align(frame[None], sequence=False, backend=landmarks, weights=landmark_weights,
                                        name=label, return_matrices=True)
     return Source(crops, frame[None], mats)
 
 
-def inputs_passthrough(frames: np.ndarray, aligned: str) -> bool:
+def inputs_passthrough(frames: np.ndarray, aligned: str, landmarks: str, landmark_weights) -> bool:
     """Whether `inputs.prepare_frames` takes these frames as aligned crops (no alignment, so no paste-back)."""
     from pdfgc.pipeline import inputs
 
-    is_crop = getattr(inputs, "is_aligned_crop", None)
-    if aligned == "true":
-        return True
-    if aligned == "false":
-        return False
-    if is_crop is not None:
-        return bool(is_crop(frames))
-    from pdfgc.constants import IMAGE_SIZE
-
-    return frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE)
+    if aligned in ("true", "false"):
+        return aligned == "true"
+    return inputs.is_aligned_crop(frames, landmarks, landmark_weights)
