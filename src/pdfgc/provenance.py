@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 
 PAYLOAD = b"pdfgcAI!"            # 64 bits; "AI!" marks synthetic content
 METHOD = "dwtDctSvd"
-# embedding strength per YUV channel: the U channel only, at step 60 (the library's default, 36 on U and V, read
-# back 84% of the bits after an H.264 re-encode at crf 28; 60 on U reads 96-100% at crf 23-28 and after halving,
-# for 35.4 dB PSNR on the astronaut photo instead of 37.5 dB; docs/inference.md "Provenance")
-SCALES = [0, 60, 0]
+# embedding strength per YUV channel and block size (benchmarks/bench_watermark.py, docs/inference.md "Provenance"):
+# the U channel only at quantisation step 90 in 4x4 blocks. The library's default (36 on U and V) read back 84% of
+# the bits after an H.264 re-encode at crf 28; step 60 read 70% after halving + crf 23; step 90 reads 100% / 97% /
+# 88% (crf 23 / crf 28 / half size + crf 23, voted over 8 frames) for 33.3 dB PSNR (37.5 dB at the default); 8x8
+# blocks were weaker
+SCALES = [0, 90, 0]
+BLOCK = 4
 MIN_SIDE = 256                    # invisible-watermark refuses frames smaller than 256 x 256
 MAX_SIDE = 512                    # the mark goes into the central square of at most this side: its cost (the
                                   # library's per-block SVD, ~0.75 s per 512 x 512 on one core) stays bounded
@@ -90,7 +93,7 @@ class FrameMarker:
         ys, xs = _region(h, w)
         out = np.array(frame, copy=True)
         bgr = np.ascontiguousarray(frame[ys, xs, ::-1])
-        out[ys, xs] = self._enc.encode(bgr, METHOD, scales=SCALES)[:, :, ::-1]
+        out[ys, xs] = self._enc.encode(bgr, METHOD, scales=SCALES, block=BLOCK)[:, :, ::-1]
         return out
 
 
@@ -108,7 +111,7 @@ def decode_bits(frame: np.ndarray, scale: int = 1) -> np.ndarray | None:
     if min(frame.shape[:2]) < MIN_SIDE:
         return None
     dec = WatermarkDecoder("bytes", len(PAYLOAD) * 8)
-    raw = dec.decode(np.ascontiguousarray(frame[:, :, ::-1]), METHOD, scales=SCALES)
+    raw = dec.decode(np.ascontiguousarray(frame[:, :, ::-1]), METHOD, scales=SCALES, block=BLOCK)
     return np.unpackbits(np.frombuffer(bytes(raw), np.uint8))[: len(PAYLOAD) * 8]
 
 
