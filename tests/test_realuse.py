@@ -338,3 +338,72 @@ def test_the_reference_s_pre_cropped_256_frames_are_not_realigned(astronaut, tmp
     assert not called and got.shape == (3, 224, 224, 3)
     assert np.array_equal(got[0], cv2.resize(crop256, (224, 224), interpolation=cv2.INTER_LINEAR))
     assert not res.pasted and res.frames.shape[1:] == (S, S, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- infer.py
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from pdfgc.models.bundle import make_random_official
+
+    d = tmp_path_factory.mktemp("realuse_ckpt")
+    make_random_official(d / "ckpt", "tiny", seed=0)
+    return d / "ckpt"
+
+
+def _settings(**kw):
+    from pdfgc.pipeline.cli import compose_settings
+
+    return compose_settings([f"{k}={v}" for k, v in kw.items()], config_dir=ROOT / "configs")
+
+
+def test_infer_dubs_a_video_from_the_command_line(ckpt, tmp_path, capsys):
+    import soundfile as sf
+
+    from pdfgc import provenance
+    from pdfgc.data.video import read_frames
+    from pdfgc.pipeline.cli import run_inference
+
+    wav = tmp_path / "new.wav"
+    sf.write(str(wav), tone(1.0), SAMPLE_RATE)
+    out = tmp_path / "dubbed.mp4"
+    run_inference(_settings(ckpt=ckpt, audio=wav, source=carphone(), out=out, progress="false"))
+    frames, fps = read_frames(out, fps=None)
+    assert frames.shape == (22, 144, 176, 3) and fps == pytest.approx(25)  # the video's own resolution
+    line = capsys.readouterr().out
+    assert "176x144 pasted back" in line
+    r = provenance.check(out)  # 176x144 is below the watermark's 256 px: the metadata labels it
+    assert (r["watermark"] or 0) < provenance.FOUND_ACCURACY and "pdfgc" in r["metadata"]["comment"]
+    assert not list(tmp_path.glob(".tmp_*"))
+
+
+def test_a_corrupt_video_source_is_one_line_exit_2_and_nothing_written(ckpt, tmp_path, capsys):
+    import soundfile as sf
+
+    from pdfgc.pipeline.cli import main
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    wav = tmp_path / "s.wav"
+    sf.write(str(wav), tone(1.0), SAMPLE_RATE)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(SystemExit) as e:
+        main([f"ckpt={ckpt}", f"audio={wav}", f"source={bad}", f"out={out}", "progress=false"],
+             config_dir=ROOT / "configs")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pdfgc infer: error: source:") and "broken.mp4" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4", "s.wav"]
+
+
+def test_new_settings_are_checked_once(ckpt):
+    from pdfgc.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="^dub_appearance: expected one of first, frame"):
+        _settings(dub_appearance="mean")
+    with pytest.raises(PipelineError, match="^paste_back=maybe: paste_back expects true or false"):
+        _settings(paste_back="maybe")
+    s = _settings(watermark="false", paste_back="false")
+    assert s.watermark is False and s.paste_back is False and s.dub_appearance == "first"
