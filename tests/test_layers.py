@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pdfgc"
 # rank of each top-level part of the package: a module may import only parts of a lower rank (and its own part)
 LAYERS = {
     "constants": 0, "errors": 0, "fileio": 0,
-    "data": 1,
+    "data": 1, "provenance": 1,
     "models": 2,
     "losses": 3, "pipeline": 3,
     "stages": 4,

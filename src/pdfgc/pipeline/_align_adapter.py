@@ -67,8 +67,10 @@ def landmark_backend(backend: str, weights=None):
 VIDEO_MAX_MISSING = 0.2  # fraction of a driver's frames that may lack a face (interpolated over)
 
 
-def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input") -> np.ndarray:
-    """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3).
+def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: str = "input",
+          return_matrices: bool = False):
+    """Raw uint8 frames (T,H,W,3) -> aligned uint8 crops (T,224,224,3) (SPEC 1.3); with `return_matrices` also the
+    float64 (T,2,3) maps raw pixel -> aligned pixel (what paste-back inverts).
 
     Photos (sequence=False): exactly one face per image, one transform per image. Videos / frame folders: the face
     is tracked (the largest face when several are seen, up to 20% of frames without a face are interpolated) and
@@ -86,14 +88,49 @@ def align(frames: np.ndarray, sequence: bool, backend: str, weights=None, name: 
                 raise PipelineError(str(e).split("; raise max_missing")[0] + "; infer.py interpolates over at "
                                     f"most {VIDEO_MAX_MISSING:.0%} of a driver's frames: cut the video to the part "
                                     "where the face is visible, or give aligned 224x224 crops (aligned=true)") from e
-            return AL.align_video(frames, lm).frames
-        out = []
+            r = AL.align_video(frames, lm)
+            return (r.frames, r.matrices) if return_matrices else r.frames
+        out, mats = [], []
         for t, f in enumerate(frames):
             lm = L.detect_one(det, f, multiple="error", name=name if len(frames) == 1 else f"{name} frame {t}")
-            out.append(AL.align_image(f, lm).frames)
-        return np.concatenate(out)
+            r = AL.align_image(f, lm)
+            out.append(r.frames)
+            mats.append(r.matrices)
+        return (np.concatenate(out), np.concatenate(mats)) if return_matrices else np.concatenate(out)
     except L.MultipleFacesError as e:
         raise PipelineError(f"{e}".split("; crop")[0] + "; crop the image to one person, or pass an aligned "
                             "224x224 crop of that face") from e
     except (L.LandmarkError, AL.AlignmentError) as e:
         raise PipelineError(str(e)) from e
+
+
+# how far (pixels on the 224 canvas) the eye and mouth centres of a square input may lie from ALIGN_TEMPLATE for
+# aligned=auto to take it as an already aligned crop (PC-AVS crops pin the mouth exactly and the eyes within a few
+# pixels; a raw photo whose face happens to sit there is aligned already, so it needs no alignment either)
+TEMPLATE_TOLERANCE = 8.0
+
+
+def looks_aligned(frames: np.ndarray, backend: str, weights=None) -> bool:
+    """aligned=auto's rule: 224x224 frames are aligned crops (the reference's convention); other SQUARE frames
+    (e.g. the reference's pre-cropped 256x256 example drivers) are aligned crops when the landmarks of their first,
+    middle and last frames, scaled to the 224 canvas, put both eye centres and the inner-mouth centre within
+    `TEMPLATE_TOLERANCE` pixels of the template. Anything else is aligned."""
+    from pdfgc.constants import ALIGN_TEMPLATE
+    from pdfgc.data import align as AL
+    from pdfgc.data import landmarks as L
+
+    h, w = frames.shape[1:3]
+    if (h, w) == (IMAGE_SIZE, IMAGE_SIZE):
+        return True
+    if h != w:
+        return False
+    det = landmark_backend(backend, weights)
+    for t in sorted({0, len(frames) // 2, len(frames) - 1}):
+        try:
+            lm = L.detect_one(det, frames[t], multiple="largest")
+        except (L.LandmarkError, ValueError):
+            return False  # no face: not an aligned crop (alignment then reports the problem)
+        pts = AL.three_points(lm) * (IMAGE_SIZE / w)
+        if np.abs(pts - np.asarray(ALIGN_TEMPLATE)).max() > TEMPLATE_TOLERANCE:
+            return False
+    return True

@@ -124,9 +124,11 @@ def run_inference(settings: InferenceSettings) -> Path:
     total = time.perf_counter() - t0
     gen = res.timings.get("total", 0.0)
     fps = res.num_frames / gen if gen > 0 else float("nan")
-    frames = res.panel if s.layout == "panel" else res.frames
+    h, w = (res.frame_shape or (res.panel if s.layout == "panel" else res.frames).shape[1:])[:2]
+    what = " pasted back" if res.pasted else ""
+    label = "" if s.watermark else ", NOT labelled as synthetic (watermark=false)"
     print(f"pdfgc: wrote {out} | {res.num_frames} frames ({res.num_frames / res.fps:.2f} s at {res.fps:g} fps), "
-          f"{frames.shape[2]}x{frames.shape[1]}, controls={','.join(res.controls) or 'none'} | "
+          f"{w}x{h}{what}{label}, controls={','.join(res.controls) or 'none'} | "
           f"networks {gen:.1f} s = {fps:.2f} frames/s on {pipe.device} ({s.precision}), load {t_load:.1f} s, "
           f"total {total:.1f} s",
           flush=True)

@@ -36,26 +36,36 @@ NETWORKS = ("appearance", "motion", "audio", "generator")
 class PipelineOutput:
     """Result of one `Pipeline.__call__`.
 
-    frames       uint8 (N, S, S, 3) RGB generated frames (S = model image size; 224 for the released model)
+    frames       uint8 (N, H, W, 3) RGB output frames: the whole photo / video frame (H x W) with paste-back,
+                 else the generated S x S crops (S = model image size; 224 for the released model); None when the
+                 frames were written to `out` and not kept (`return_frames`)
     fps          frames per second of `frames` (25)
     audio        float32 mono samples of the ORIGINAL audio at `sample_rate` (what gets muxed)
     sample_rate  16000
     panel        uint8 (N, S, 5S, 3) reference layout [appearance | generated | pose | exp | eye] or None
     controls     names of the controls that were on
     timings      seconds spent per network (appearance, motion, audio, generator) and in total
+    frame_count  number of output frames (also when `frames` is None)
+    pasted       whether the frames were pasted back into the source photo / video
+    path         the mp4 written, or None
+    frame_shape  (H, W, 3) of the written / returned frames (the panel's with layout=panel)
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | None
     fps: float
     audio: np.ndarray
     sample_rate: int = SAMPLE_RATE
     panel: np.ndarray | None = None
     controls: tuple[str, ...] = ()
     timings: dict = field(default_factory=dict)
+    frame_count: int | None = None
+    pasted: bool = False
+    path: Path | None = None
+    frame_shape: tuple | None = None
 
     @property
     def num_frames(self) -> int:
-        return int(self.frames.shape[0])
+        return int(self.frames.shape[0]) if self.frames is not None else int(self.frame_count or 0)
 
 
 def _content_key(a: np.ndarray) -> bytes:
@@ -322,6 +332,22 @@ class Pipeline:
     def _generate(self, source: torch.Tensor, mel: torch.Tensor, drivers: dict, controls: Controls,
                   drop_leading: bool, progress: bool, return_style: bool, as_uint8: bool):
         """`generate` with parsed `controls` (a `Controls`, never user input)."""
+        self.last_timings = {k: 0.0 for k in NETWORKS}
+        self.last_encoded = 0
+        t_start = time.perf_counter()
+        style, f_sp = self._codes(source, mel, drivers, controls, drop_leading)
+        n = int(style.shape[0])
+        out = []
+        for batch in self._render(style, f_sp, n, progress, as_uint8):
+            out.append(batch)
+        self.last_timings["total"] = time.perf_counter() - t_start
+        out = np.concatenate(out) if as_uint8 else torch.cat(out)
+        return (out, style.cpu()) if return_style else out
+
+    @torch.inference_mode()
+    def _codes(self, source: torch.Tensor, mel: torch.Tensor, drivers: dict, controls: Controls,
+               drop_leading: bool):
+        """(style (N, style_dim), f_sp) of a run: every network but the generator."""
         if not isinstance(controls, Controls):
             raise TypeError(f"Pipeline._generate: controls must be a Controls, got {type(controls).__name__}")
         if mel.ndim != 4 or mel.shape[1] != 1:
@@ -335,9 +361,6 @@ class Pipeline:
         if source.shape[1:] != (3, s, s):
             raise PipelineError(f"source: expected (1,3,{s},{s}), got {tuple(source.shape)}")
         dims = self.code_dims
-        self.last_timings = {k: 0.0 for k in NETWORKS}
-        self.last_encoded = 0
-        t_start = time.perf_counter()
         m = self.models
 
         t0 = time.perf_counter()
@@ -358,58 +381,81 @@ class Pipeline:
         emo_c = codes["emo"] * EMO_SCALE if "emo" in codes else torch.zeros(n, dims["emo"], device=self.device)
         eye_c = codes["eye"] * EYE_SCALE if "eye" in codes else torch.zeros(n, dims["eye"], device=self.device)
         lip, emo_c, eye_c, pose_c = apply_controls(lip, emo_c, eye_c, pose_c, controls)
+        return assemble_style(f_app.float().expand(n, -1), lip, emo_c, eye_c, pose_c), f_sp
 
-        style = assemble_style(f_app.float().expand(n, -1), lip, emo_c, eye_c, pose_c)
-
+    def _render(self, style: torch.Tensor, f_sp: torch.Tensor, n: int, progress: bool, as_uint8: bool,
+                appearance: "DriverFrames | None" = None):
+        """Run the generator batch by batch and yield each batch as it is ready: uint8 (b,S,S,3) frames with
+        `as_uint8`, else float (b,3,S,S) on the CPU. Only the generator's own time is counted in its timing (the
+        caller may encode frames between batches). `appearance`: per-frame appearance images (output frame i uses
+        image i mod T), encoded batch by batch: their code replaces the style's appearance part and their spatial
+        feature replaces `f_sp`."""
+        m = self.models
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="pdfgc generate", unit="frame", leave=False)
-        t0 = time.perf_counter()
-        images = []
         # "cached" noise maps are drawn once, on the generator's first run, and reused for every later frame (SPEC
         # 1.10); drawing them from a seeded CPU generator makes them independent of the device and the global RNG
         rng = torch.Generator(device="cpu").manual_seed(self.seed)
         try:
             for i in range(0, n, self.batch_size):
                 b = min(self.batch_size, n - i)
-                with self._amp():
-                    img = m.generator(style[i:i + b], f_sp.expand(b, -1, -1, -1), noise_mode=self.noise_mode,
-                                      rng=rng)
+                st_b, sp_b = style[i:i + b], f_sp.expand(b, -1, -1, -1)
+                if appearance is not None:
+                    t0 = time.perf_counter()
+                    x = appearance.take([(i + k) % len(appearance) for k in range(b)]).to(self.device)
+                    with torch.inference_mode(), self._amp():
+                        app_b, sp_b = m.appearance(x)
+                    st_b = st_b.clone()
+                    st_b[:, :app_b.shape[1]] = app_b.float()
+                    self._tick("appearance", t0)
+                t0 = time.perf_counter()
+                with torch.inference_mode(), self._amp():
+                    img = m.generator(st_b, sp_b, noise_mode=self.noise_mode, rng=rng)
                 if isinstance(img, (tuple, list)):
                     img = img[0]
-                images.append(to_uint8(img) if as_uint8 else img.float().cpu())
+                batch = to_uint8(img) if as_uint8 else img.float().cpu()
+                self._tick("generator", t0)
                 if bar is not None:
                     bar.update(b)
+                yield batch
         finally:
             if bar is not None:
                 bar.close()
-        self._tick("generator", t0)
-        self.last_timings["total"] = time.perf_counter() - t_start
-        out = np.concatenate(images) if as_uint8 else torch.cat(images)
-        return (out, style.cpu()) if return_style else out
 
     # ------------------------------------------------------------------ file/array level
-    def __call__(self, source, audio, pose=None, exp=None, eye=None, *, out=None, **overrides) -> PipelineOutput:
+    def __call__(self, source, audio, pose=None, exp=None, eye=None, *, out=None, stream: bool = False,
+                 return_frames: bool | None = None, **overrides):
         """Generate a talking head from files or arrays.
 
         Args:
-            source: photo/video path or uint8 array (first frame); raw inputs are aligned (see `pipeline.inputs`).
+            source: a photo (path or uint8 array; raw photos are aligned and, with `paste_back`, the output is the
+                whole photo), an aligned 224x224 crop (the output is the crop), or a VIDEO path: the video is dubbed
+                (output frame i starts from video frame i mod T; pose, eyes and emotion follow the video itself
+                unless pose/exp/eye are given; pasted back at the video's resolution).
             audio: audio file path or float32 16 kHz samples; gives N = 25*T - 3 frames (SPEC 1.4).
             pose, exp, eye: drivers (video, folder of frames, image, uint8 array) or None when their controls
                 are off. The same path given twice is loaded and encoded once.
-            out: optional .mp4 path; checked before any work and written at the end (atomically).
+            out: optional .mp4 path, checked before any work; frames are encoded as they are generated and the
+                file appears atomically at the end, labelled as synthetic unless `watermark=False`.
+            stream: return a `PipelineStream` (an iterator over the output frames, generated batch by batch)
+                instead of running to the end; nothing is written unless you call its `save(path)`.
+            return_frames: keep the frames in the returned `PipelineOutput` (default: only when `out` is None, so
+                that writing a long video keeps memory flat).
             **overrides: per-call settings (default: this pipeline's `settings`), checked once by
                 `InferenceSettings`:
                 controls   e.g. ["all"], ["mouth", "headpose"], "mouth,gaze", [] (static canonical face), a Controls;
                 layout     "video" (generated frames) or "panel" (also the reference's 5-panel frames in `.panel`);
                 sync_fix   delay the video by 2 frames so the mouth does not lead the audio by ~80 ms as in the
                            reference (off = faithful);
+                paste_back paste the face back into the raw photo / video frame (default True);
+                watermark  label written files as synthetic (default True);
                 aligned    "auto" | True | False; landmarks: "dlib" | "face_alignment" (+ landmark_weights folder);
                 progress   a progress bar.
         Returns:
-            PipelineOutput.
+            PipelineOutput, or a PipelineStream with `stream=True`.
         """
         fixed = sorted(set(overrides) - set(CALL_FIELDS))
         if fixed:
@@ -419,15 +465,54 @@ class Pipeline:
                                f"(Pipeline(models, {where[0]}=...)); " if where else "")
                             + f"per call: {', '.join(CALL_FIELDS)}")
         s = self.settings.replace(**overrides)
-        return self._run(source, audio, {"pose": pose, "exp": exp, "eye": eye}, s, out)
+        if out is not None:
+            from pdfgc.pipeline import inputs
 
-    def _run(self, source, audio, drivers: dict, s: InferenceSettings, out) -> PipelineOutput:
+            out = inputs.check_output_path(out)
+        drivers = {"pose": pose, "exp": exp, "eye": eye}
+        if stream:
+            if out is not None:
+                raise TypeError("Pipeline.__call__: give either out=PATH or stream=True (then PipelineStream.save)")
+            return self._open_stream(source, audio, drivers, s)
+        if return_frames is None:
+            return self._run(source, audio, drivers, s, out)
+        return self._run(source, audio, drivers, s, out, return_frames=return_frames)
+
+    def _run(self, source, audio, drivers: dict, s: InferenceSettings, out, return_frames=None) -> PipelineOutput:
+        st = self._open_stream(source, audio, drivers, s)
+        keep = out is None if return_frames is None else bool(return_frames)
+        frames, panel = ([], []) if keep else (None, None)
+
+        def tap(it):
+            for f, p in it:
+                if keep:
+                    frames.append(f)
+                    if p is not None:
+                        panel.append(p)
+                yield f, p
+
+        if out is not None:
+            st._save(out, tap(st._pairs()))
+        else:
+            for _ in tap(st._pairs()):
+                pass
+        return PipelineOutput(frames=np.stack(frames) if keep else None, fps=st.fps, audio=st.audio,
+                              panel=np.stack(panel) if keep and panel else None, controls=st.controls,
+                              timings=dict(self.last_timings), frame_count=st.num_frames,
+                              pasted=st.pasted, path=out, frame_shape=st.frame_shape)
+
+    def stream(self, source, audio, pose=None, exp=None, eye=None, **overrides) -> "PipelineStream":
+        """`self(source, audio, ..., stream=True)`: the output frames as an iterator (see `PipelineStream`)."""
+        return self(source, audio, pose, exp, eye, stream=True, **overrides)
+
+    def _open_stream(self, source, audio, drivers: dict, s: InferenceSettings) -> "PipelineStream":
+        """Load and check every input, run every network but the generator; the generator runs as the returned
+        stream is consumed."""
         from pdfgc.pipeline import inputs
+        from pdfgc.pipeline import source as source_mod
         from pdfgc.pipeline._align_adapter import mel_windows
 
         controls = s.controls
-        if out is not None:
-            out = inputs.check_output_path(out)
         wav = inputs.load_audio(audio)
         mel = mel_windows(wav, need_speech=controls.mouth,
                           name=str(audio) if isinstance(audio, (str, Path)) else "audio array")
@@ -435,11 +520,22 @@ class Pipeline:
 
         log.info("audio: %.2f s -> %d frames at %d fps", len(wav) / SAMPLE_RATE, n, FPS)
         read = dict(aligned=s.aligned, landmarks=s.landmarks, landmark_weights=s.landmark_weights)
-        src = inputs.load_source(source, **read)
+        src = source_mod.load(source, max_frames=n, **read)
+        if src.video:
+            log.info("source: dubbing a video of %d frames (looped or cut to %d output frames)", len(src.crops), n)
         cache: dict = {}
         drv = {}
         for name, on in (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye)):
             value = drivers[name]
+            if value is None and src.video:
+                # dubbing: the video drives itself; two leading copies of frame 0 are dropped like any driver's
+                # first two frames (SPEC 1.5), so output frame i uses video frame i mod T, the frame it is pasted in
+                if on or s.layout == "panel":
+                    frames = np.concatenate([np.repeat(src.crops[:1], FRAME_OFFSET, 0), src.crops])
+                    drv[name] = inputs.Driver(frames, "source-video", name)
+                else:
+                    drv[name] = None
+                continue
             if value is None:
                 if on:
                     raise PipelineError(f"{name}: this control is on ({', '.join(controls.names())}) but no {name} "
@@ -470,27 +566,111 @@ class Pipeline:
                 # keeps the leading drop and the looping unchanged and saves work on long drivers
                 by_key[d.key] = DriverFrames(d.frames[: n + FRAME_OFFSET], self.image_size)
             tensors[name] = by_key[d.key]
-        src_t = self.preprocess(src[None])
+        src_t = self.preprocess(src.crops[:1])
         gen_in = {k: (tensors.get(k) if on else None) for k, on in
                   (("pose", controls.needs_pose), ("exp", controls.needs_exp), ("eye", controls.needs_eye))}
-        frames = self._generate(src_t, mel, gen_in, controls, drop_leading=True, progress=s.progress,
-                                return_style=False, as_uint8=True)
-        panel = None
+        self.last_timings = {k: 0.0 for k in NETWORKS}
+        self.last_encoded = 0
+        t_start = time.perf_counter()
+        style, f_sp = self._codes(src_t, mel, gen_in, controls, drop_leading=True)
+        paste = None
+        if s.paste_back and src.can_paste and s.layout == "video":
+            from pdfgc.pipeline.pasteback import PasteBack
+
+            paste = PasteBack(self.image_size, smooth=True)
+        panel_drivers = [tensors.get(k) for k in ("pose", "exp", "eye")] if s.layout == "panel" else None
+        return PipelineStream(self, style, f_sp, src, src_t, paste, panel_drivers, wav, controls, s, t_start)
+
+
+class PipelineStream:
+    """The output of one run as an iterator of uint8 RGB frames (H, W, 3), generated batch by batch as it is
+    consumed: the whole photo / video frame with paste-back, the S x S crop otherwise, the 5-panel frame with
+    layout=panel. Known before iterating: `num_frames`, `fps`, `audio`, `sample_rate`, `frame_shape`,
+    `controls`, `pasted`. `save(path)` encodes the (remaining) frames straight into an mp4 (atomic, labelled as
+    synthetic unless the run's `watermark` is off). A stream is consumed once."""
+
+    def __init__(self, pipe: "Pipeline", style, f_sp, src, src_t, paste, panel_drivers, wav, controls, s,
+                 t_start: float):
+        self._pipe, self._style, self._f_sp, self._src, self._src_t = pipe, style, f_sp, src, src_t
+        self._paste, self._panel_drivers, self._s, self._t_start = paste, panel_drivers, s, t_start
+        self.audio = wav
+        self.fps = float(FPS)
+        self.sample_rate = SAMPLE_RATE
+        self.controls = controls.names()
+        self.pasted = paste is not None
+        self._n = int(style.shape[0])
+        self.num_frames = self._n + (FRAME_OFFSET if s.sync_fix else 0)
+        size = pipe.image_size
         if s.layout == "panel":
-            panel = make_panel(src_t, frames, [tensors.get(k) for k in ("pose", "exp", "eye")], n)
-        if s.sync_fix:
-            frames = np.concatenate([np.repeat(frames[:1], FRAME_OFFSET, 0), frames])
-            if panel is not None:
-                panel = np.concatenate([np.repeat(panel[:1], FRAME_OFFSET, 0), panel])
-        result = PipelineOutput(frames=frames, fps=float(FPS), audio=wav, panel=panel, controls=controls.names(),
-                                timings=dict(self.last_timings))
-        if out is not None:
-            write_output(result, out, s.layout)
-        return result
+            self.frame_shape = (size, 5 * size, 3)
+        elif self.pasted:
+            self.frame_shape = tuple(src.frames.shape[1:])
+        else:
+            self.frame_shape = (size, size, 3)
+        self._used = False
+
+    def __iter__(self):
+        return (f for f, _ in self._pairs())
+
+    def _pairs(self):
+        """Yield (output frame, panel frame or None); `frames` of a PipelineOutput are the crops/pasted frames and
+        `panel` the reference layout, as before streaming."""
+        if self._used:
+            raise RuntimeError("PipelineStream: a stream is consumed once; call the pipeline again")
+        self._used = True
+        pipe, s, src = self._pipe, self._s, self._src
+        lead = FRAME_OFFSET if s.sync_fix else 0
+        i = 0
+        per_frame = None
+        if src.video and s.dub_appearance == "frame":
+            per_frame = DriverFrames(src.crops, pipe.image_size)
+        for batch in pipe._render(self._style, self._f_sp, self._n, s.progress, as_uint8=True,
+                                  appearance=per_frame):
+            panels = None
+            if self._panel_drivers is not None:
+                panels = make_panel(self._src_t, batch, self._panel_drivers, self._n, start=i)
+            for k, face in enumerate(batch):
+                t = (i + k) % len(src.crops)
+                f = self._paste(src.frames[t], src.matrices[t], face) if self._paste is not None else face
+                p = panels[k] if panels is not None else None
+                reps = 1 + lead if i + k == 0 else 1
+                for _ in range(reps):
+                    yield f, p
+            i += len(batch)
+        pipe.last_timings["total"] = time.perf_counter() - self._t_start
+
+    def save(self, path) -> Path:
+        """Encode the frames into `path` (.mp4, H.264 + AAC with the run's audio) as they are generated."""
+        from pdfgc.pipeline import inputs
+
+        return self._save(inputs.check_output_path(path), self._pairs())
+
+    def _save(self, path: Path, pairs) -> Path:
+        from pdfgc.data.video import MediaError, VideoWriter
+
+        panel = self._s.layout == "panel"
+        mark = None
+        meta = {}
+        if self._s.watermark:
+            from pdfgc import provenance
+
+            mark = provenance.FrameMarker()
+            meta = provenance.container_metadata()
+        try:
+            with VideoWriter(path, fps=self.fps, audio=self.audio, sample_rate=self.sample_rate,
+                             metadata=meta) as w:
+                for f, p in pairs:
+                    frame = p if panel else f
+                    w.write(mark(frame) if mark is not None else frame)
+        except MediaError as e:
+            raise PipelineError(f"out: {e}") from e
+        return path
 
 
-def make_panel(source: torch.Tensor, generated, drivers: list, n: int, drop_leading: bool = True) -> np.ndarray:
-    """Reference 5-panel frames [appearance | generated | pose | exp | eye] -> uint8 (N, S, 5S, 3) (SPEC 1.9).
+def make_panel(source: torch.Tensor, generated, drivers: list, n: int, drop_leading: bool = True,
+               start: int = 0) -> np.ndarray:
+    """Reference 5-panel frames [appearance | generated | pose | exp | eye] -> uint8 (len(generated), S, 5S, 3)
+    (SPEC 1.9); `generated` holds output frames start, start+1, ... of a run of `n` frames.
 
     `generated`: float (N,3,S,S) images or uint8 (N,S,S,3) frames; drivers: float tensors, `DriverFrames` or None.
     Each driver panel shows the driver frame that output frame i used (i mod L after the leading drop); an absent
@@ -499,31 +679,41 @@ def make_panel(source: torch.Tensor, generated, drivers: list, n: int, drop_lead
     gen = generated if isinstance(generated, np.ndarray) else to_uint8(generated)
     s = gen.shape[1]
     app = to_uint8(source[:1].cpu())[0]
-    out = np.zeros((n, s, 5 * s, 3), np.uint8)
+    k = gen.shape[0]
+    out = np.zeros((k, s, 5 * s, 3), np.uint8)
     out[:, :, 0:s] = app
     out[:, :, s:2 * s] = gen
-    for k, d in enumerate(drivers):
+    for j, d in enumerate(drivers):
         if d is None:
             continue
         drop = leading_drop(d.shape[0]) if drop_leading else 0
         d = d[drop:]
-        idx = driver_indices(n, d.shape[0])
-        used = min(n, d.shape[0])
-        frames = np.concatenate([to_uint8(_driver_frames(d, range(a, min(a + 64, used))).cpu())
-                                 for a in range(0, used, 64)])  # in chunks: no float copy of a long driver
-        out[:, :, (2 + k) * s:(3 + k) * s] = frames[idx]
+        idx = driver_indices(n, d.shape[0])[start:start + k]
+        uniq, inv = np.unique(idx, return_inverse=True)
+        frames = np.concatenate([to_uint8(_driver_frames(d, uniq[a:a + 64]).cpu())
+                                 for a in range(0, len(uniq), 64)])  # in chunks: no float copy of a long driver
+        out[:, :, (2 + j) * s:(3 + j) * s] = frames[inv.reshape(-1)]
     return out
 
 
-def write_output(result: PipelineOutput, out, layout: str = "video") -> Path:
-    """Write `result` as H.264 + AAC mp4 with the original audio (atomic: nothing half-written)."""
+def write_output(result: PipelineOutput, out, layout: str = "video", watermark: bool = True) -> Path:
+    """Write `result` as H.264 + AAC mp4 with the original audio (atomic: nothing half-written), labelled as
+    synthetic (`pdfgc.provenance`: container metadata and an invisible watermark) unless `watermark=False`."""
     from pdfgc.data.video import MediaError, write_video
 
     frames = result.panel if layout == "panel" else result.frames
     if frames is None:
-        raise PipelineError("layout=panel was asked for writing but the result holds no panel; "
-                            "call the pipeline with layout='panel'")
+        raise PipelineError(f"nothing to write: the result holds no {'panel' if layout == 'panel' else 'frames'} "
+                            "(call the pipeline with layout='panel', or with return_frames=True)")
+    meta = {}
+    if watermark:
+        from pdfgc import provenance
+
+        mark = provenance.FrameMarker()
+        frames = (mark(f) for f in frames)
+        meta = provenance.container_metadata()
     try:
-        return write_video(out, frames, fps=result.fps, audio=result.audio, sample_rate=result.sample_rate)
+        return write_video(out, frames, fps=result.fps, audio=result.audio, sample_rate=result.sample_rate,
+                           metadata=meta)
     except MediaError as e:
         raise PipelineError(f"out: {e}") from e

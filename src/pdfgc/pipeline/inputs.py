@@ -205,6 +205,13 @@ def _resize_to_canvas(frames: np.ndarray) -> np.ndarray:
     return np.stack([cv2.resize(f, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_LINEAR) for f in frames])
 
 
+def is_aligned_crop(frames: np.ndarray, landmarks: str = "dlib", landmark_weights=None) -> bool:
+    """aligned=auto: whether raw frames `(T,H,W,3)` are already aligned crops (`_align_adapter.looks_aligned`)."""
+    from pdfgc.pipeline import _align_adapter
+
+    return _align_adapter.looks_aligned(frames, landmarks, landmark_weights)
+
+
 def prepare_frames(frames: np.ndarray, what: str, sequence: bool, *, aligned: str, landmarks: str,
                    landmark_weights) -> np.ndarray:
     """Raw uint8 frames `(T,H,W,3)` -> aligned uint8 `(T,224,224,3)` following the `aligned` rule (module doc):
@@ -212,8 +219,8 @@ def prepare_frames(frames: np.ndarray, what: str, sequence: bool, *, aligned: st
     if aligned not in ALIGNED_MODES:
         raise TypeError(f"prepare_frames: aligned must be one of {ALIGNED_MODES} (parsed by InferenceSettings), "
                         f"got {aligned!r}")
-    if aligned == "true" or (aligned == "auto" and frames.shape[1:3] == (IMAGE_SIZE, IMAGE_SIZE)):
-        # already an aligned crop (auto: 224x224 inputs are taken as PC-AVS crops, like the reference's examples)
+    if aligned == "true" or (aligned == "auto" and is_aligned_crop(frames, landmarks, landmark_weights)):
+        # already an aligned crop (auto: 224x224 inputs, and square ones whose landmarks sit at the template)
         return _resize_to_canvas(frames)
     return _align(frames, what, sequence, landmarks, landmark_weights)
 

@@ -28,6 +28,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYOUTS = ("video", "panel")
 NOISE_MODES = ("cached", "const", "none")
 ALIGNED_MODES = ("auto", "true", "false")
+DUB_APPEARANCE = ("first", "frame")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -42,7 +43,7 @@ class InferenceSettings:
     # inputs (infer.py)
     ckpt: Optional[str] = None          # released folder (four .pth) or a pdfgc export; required by infer.py
     audio: Optional[str] = None         # speech file; T seconds give N = 25*T - 3 frames; required by infer.py
-    source: Optional[str] = None        # portrait photo, video (first frame) or aligned crop; required by infer.py
+    source: Optional[str] = None        # portrait photo, aligned crop, or a video to dub; required by infer.py
     pose: Optional[str] = None          # head-pose driver: video, folder of frames, image (headpose on)
     exp: Optional[str] = None           # expression driver (emo on)
     eye: Optional[str] = None           # eye driver (blink or gaze on)
@@ -51,6 +52,9 @@ class InferenceSettings:
     controls: Any = ("all",)            # any of mouth, blink, gaze, emo, headpose; [all]; [] = static face
     layout: str = "video"               # video | panel = [appearance|generated|pose|exp|eye]
     sync_fix: bool = False              # delay the video 2 frames (the reference's mouth leads the audio ~80 ms)
+    paste_back: bool = True             # raw photo / video source: paste the face back into the whole frame
+    watermark: bool = True              # label written videos as synthetic: invisible watermark + metadata
+    dub_appearance: str = "first"       # dubbing a video: first (fixed reference frame + the video's motion) | frame
     # how inputs are read
     aligned: Any = "auto"               # auto: 224x224 inputs are aligned crops; true: never align; false: always
     landmarks: str = "dlib"             # landmark backend for alignment: dlib | face_alignment
@@ -71,12 +75,13 @@ class InferenceSettings:
             set_(self, "device", "auto" if self.device is None else str(self.device))
         set_(self, "aligned", _parse_aligned(self.aligned))
         _one_of("layout", self.layout, LAYOUTS)
+        _one_of("dub_appearance", self.dub_appearance, DUB_APPEARANCE)
         _one_of("noise_mode", self.noise_mode, NOISE_MODES)
         _one_of("precision", self.precision, tuple(PRECISIONS))
         _one_of("landmarks", self.landmarks, LANDMARK_BACKENDS)
         set_(self, "batch_size", _integer("batch_size", self.batch_size, minimum=1))
         set_(self, "seed", _integer("seed", self.seed))
-        for key in ("sync_fix", "progress"):
+        for key in ("sync_fix", "progress", "paste_back", "watermark"):
             if not isinstance(getattr(self, key), bool):
                 raise PipelineError(f"{key}: expected true or false, got {getattr(self, key)!r}")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
@@ -115,7 +120,8 @@ class InferenceSettings:
 FIELDS = tuple(f.name for f in fields(InferenceSettings))
 # settings used per call of `Pipeline.__call__` (the others fix how the Pipeline's networks run, or are infer.py's
 # inputs, which the Python API takes as arguments)
-CALL_FIELDS = ("controls", "layout", "sync_fix", "aligned", "landmarks", "landmark_weights", "progress")
+CALL_FIELDS = ("controls", "layout", "sync_fix", "paste_back", "watermark", "dub_appearance", "aligned", "landmarks",
+               "landmark_weights", "progress")
 PIPELINE_FIELDS = ("device", "batch_size", "precision", "seed", "noise_mode")
 
 
