@@ -219,7 +219,7 @@ def test_bf16_precision_from_the_command_line(assets, capsys):
     # oracle: the same job in fp32. bf16 must really change the arithmetic (a flag that is parsed but ignored gives
     # byte-identical frames) yet stay close to fp32 (a wrong cast, range or channel order does not)
     ref = assets["dir"] / "result_bf16_ref_fp32.mp4"
-    run_inference(base(assets, ref, controls="[mouth]", precision="fp32"))
+    run_inference(base(assets, ref, controls="[mouth]", precision="fp32", paste_back="false"))
     assert "(fp32)" in capsys.readouterr().out
     ref_frames, _ = read_frames(ref, fps=None)
     diff = np.abs(frames.astype(np.float64) - ref_frames.astype(np.float64))

@@ -388,3 +388,26 @@ def test_model_config_folder_override(tmp_path, monkeypatch):
     monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="PDFGC_MODEL_CONFIG_DIR="):
         load_model_config("tiny")
+
+
+def test_appearance_stem_options_make_f_sp_a_true_map_at_small_sizes():
+    """With the reference stem (stride 32) a 56 px input gives a 2x2 layer4 map, and f_sp is that map replicated
+    to 7x7 by adaptive_avg_pool2d (columns 0-2 identical). A stride-1 stem without max-pool (stride 8) gives a 7x7
+    layer4 map, and f_sp is conv1x1(layer4) without any pooling. The parameter layout is the same
+    (docs/training.md, experiment log 2026-12-02 (c))."""
+    ref_cfg = dict(load_model_config("tiny")["appearance"])
+    assert (ref_cfg.get("stem_stride", 2), ref_cfg.get("stem_pool", True)) == (2, True)  # the demo's, for now
+    cfg = {**ref_cfg, "stem_stride": 1, "stem_pool": False}
+    torch.manual_seed(0)
+    small, ref = build_component(cfg).eval(), build_component(ref_cfg).eval()
+    assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        _, sp_ref = ref(x)
+        assert torch.equal(sp_ref[..., 0], sp_ref[..., 1]) and torch.equal(sp_ref[..., 1], sp_ref[..., 2])
+        f_app, f_sp = small(x)
+        trunk = small.model.features(x)
+        assert trunk.shape[-2:] == (7, 7)
+        torch.testing.assert_close(f_sp, small.conv1x1(trunk))
+        torch.testing.assert_close(f_app, trunk.mean(dim=(2, 3)))
+    assert (f_sp[..., 0] - f_sp[..., 1]).abs().max() > 1e-3

@@ -43,15 +43,17 @@ class ResNeXt(nn.Module):
     head that PD-FGC keeps in its checkpoint but never uses."""
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
-                 base_planes: int = 64, num_imagenet_classes: int = 1000):
+                 base_planes: int = 64, num_imagenet_classes: int = 1000, stem_stride: int = 2,
+                 stem_pool: bool = True):
         super().__init__()
         self.inplanes = base_planes
         self.groups = groups
         self.width_per_group = width_per_group
-        self.conv1 = nn.Conv2d(3, base_planes, 7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(3, base_planes, 7, stride=stem_stride, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(base_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        # stem_pool=False replaces the stride-2 max-pool by the identity (no parameters either way)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem_pool else nn.Identity()
         self.layer1 = self._make_layer(base_planes, layers[0])
         self.layer2 = self._make_layer(base_planes * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(base_planes * 4, layers[2], stride=2)
@@ -98,13 +100,20 @@ class AppearanceEncoder(nn.Module):
         spatial_size: int = 7,            # side of f_sp (= generator start size)
         num_classes: int = 5995,          # identity classifier head
         num_imagenet_classes: int = 1000, # the trunk's unused ImageNet head (kept for the checkpoint keys)
+        stem_stride: int = 2,             # stride of the 7x7 stem conv (reference: 2)
+        stem_pool: bool = True,           # the stem's stride-2 max-pool (reference: on)
     ):
+        """The trunk's total stride is 32 with the reference stem (stem_stride 2 + max-pool), so f_sp is the
+        layer4 map at spatial_size only when image_size = 32 * spatial_size (224 px -> 7x7). At smaller sizes the
+        layer4 map is smaller than f_sp and `adaptive_avg_pool2d` only replicates it (56 px: a 2x2 map blown up to
+        7x7): pass stem_stride=1, stem_pool=False (total stride 8) so that 56 px gives a true 7x7 map."""
         super().__init__()
         self.config = dict(image_size=image_size, layers=list(layers), groups=groups,
                            width_per_group=width_per_group, base_planes=base_planes, spatial_dim=spatial_dim,
                            spatial_size=spatial_size, num_classes=num_classes,
-                           num_imagenet_classes=num_imagenet_classes)
-        self.model = ResNeXt(layers, groups, width_per_group, base_planes, num_imagenet_classes)
+                           num_imagenet_classes=num_imagenet_classes, stem_stride=stem_stride, stem_pool=stem_pool)
+        self.model = ResNeXt(layers, groups, width_per_group, base_planes, num_imagenet_classes,
+                             stem_stride=stem_stride, stem_pool=stem_pool)
         self.app_dim = self.model.out_dim
         self.spatial_dim = spatial_dim
         self.spatial_size = spatial_size
