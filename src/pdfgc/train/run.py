@@ -215,6 +215,19 @@ def _instantiate_loggers(cfg) -> list:
     return loggers
 
 
+def _finish_wandb_run(logger) -> None:
+    """End a stage's wandb run, so that the next stage of a chain starts its own (its steps restart at 0; wandb
+    would otherwise reuse the run and drop the new stage's earlier steps)."""
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        wandb.finish()
+
+
 def _instantiate_callbacks(cfg) -> list:
     from hydra.utils import instantiate
 
@@ -273,6 +286,7 @@ def run_stage(cfg) -> dict:
     for lg in loggers:
         if hasattr(lg, "finalize"):
             lg.finalize("success")
+        _finish_wandb_run(lg)
     log.info("stage %s: %d iterations in %.1f s (global_step %d) -> %s", module.STAGE, module.iteration,
              seconds, trainer.global_step, last)
     return {"stage": module.STAGE, "last_ckpt": last, "module": module, "trainer": trainer,
