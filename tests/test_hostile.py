@@ -181,9 +181,7 @@ def test_clip_file_with_a_pickled_array_runs_no_code(tmp_path, marker):
 
 
 # files allowed to call torch.load without weights_only=True, with the reason; everything else must not
-KNOWN_UNSAFE_LOADS = {
-    "src/pdfgc/eval/estimator.py",  # owned by the eval work (issue 13 item 1): still weights_only=False
-}
+KNOWN_UNSAFE_LOADS: set = set()  # none left: every torch.load of a file reads weights only
 
 
 def test_no_unsafe_torch_load_outside_the_known_list():
@@ -652,3 +650,30 @@ def test_data_errors_in_training_are_one_line_not_hydras_wrapper(tmp_path):
     cfg = compose(["stage=pose", "+data.bogus=1", f"paths.output_dir={tmp_path}"])
     with pytest.raises(UserError, match="bogus"):
         build_datamodule(cfg, module)
+
+
+def test_estimator_file_pickle_runs_no_code(tmp_path, marker):
+    """`--estimator FILE` (python -m pdfgc.eval synthetic|stage1) reads weights only: a crafted pickle is refused
+    with the file named, and its code never runs."""
+    from pdfgc.eval.estimator import load_estimator
+
+    bad = tmp_path / "estimator.pt"
+    torch.save({"format": 1, "payload": _WritesMarker(marker)}, bad)
+    with pytest.raises(ValueError, match="estimator.pt: not a readable pdfgc estimator file"):
+        load_estimator(bad)
+    assert not marker.exists()
+
+
+def test_stage1_probe_without_an_estimator_file_trains_one(tmp_path):
+    """The stage-1 probe runs inside inference mode; with no estimator file it must still train one (it crashed
+    with 'element 0 of tensors does not require grad')."""
+    from pdfgc.eval.stage1 import run_stage1_probe
+    from pdfgc.train.config import compose
+    from pdfgc.train.run import run_stage
+
+    cfg = compose([f"paths.output_dir={tmp_path / 'run'}", "logger=none", "stage=motion", "stage.batch_size=2",
+                   "debug=fast_dev_run", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
+    ckpt = run_stage(cfg)["last_ckpt"]
+    rep = run_stage1_probe(ckpt, tmp_path / "probe", estimator=None, clips=1, frames=4, estimator_steps=2,
+                           estimator_clips=2, progress=False, log=None)
+    assert (tmp_path / "probe" / "estimator.pt").is_file() and "g0_other_identity" in rep["errors"]

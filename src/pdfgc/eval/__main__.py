@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"))
     v.add_argument("--syncnet", default=None, help="SyncNet weights (syncnet_v2.model); LSE is skipped without it")
     v.add_argument("--csim", default="dlib", help="'dlib' (default, offline), a TorchScript embedding file "
-                   "(e.g. ArcFace), or 'none'")
+                   "(e.g. ArcFace; TorchScript is a program: give only a file you trust, docs/security.md), or "
+                   "'none'")
     v.add_argument("--no-lmd", action="store_true", help="skip LMD / M-LMD")
     v.add_argument("--landmarks", default="dlib", help="landmark backend for LMD (dlib or face_alignment)")
     v.add_argument("--stride", type=int, default=5, help="use every k-th frame for CSIM and LMD (the slow metrics; "

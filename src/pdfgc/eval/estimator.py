@@ -285,6 +285,13 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
     return est
 
 
+def _plain(obj):
+    """Metrics and spec as plain Python values (numbers, strings, lists, dicts): what weights-only loading reads."""
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
 def save_estimator(est: FactorEstimator, path) -> Path:
     """Write the estimator (weights + spec + held-out metrics) atomically to `path`."""
 
@@ -292,7 +299,7 @@ def save_estimator(est: FactorEstimator, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = dict(format=ESTIMATOR_FORMAT, image_size=est.image_size, width=est.width,
                 num_emotions=est.num_emotions, eye_branch=est.eye_branch, state_dict=est.state_dict(),
-                metrics=getattr(est, "metrics", {}), spec=getattr(est, "spec", {}))
+                metrics=_plain(getattr(est, "metrics", {})), spec=_plain(getattr(est, "spec", {})))
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
@@ -304,7 +311,11 @@ def load_estimator(path, device: str | torch.device = "cpu") -> FactorEstimator:
     if not path.is_file():
         raise FileNotFoundError(f"factor estimator {path}: no such file; run `python -m pdfgc.eval synthetic ... "
                                 f"--estimator {path}` once to train and cache it")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights only: an estimator file someone gave you cannot run code
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"factor estimator {path}: not a readable pdfgc estimator file (torch.load(weights_only=True)"
+                         f" failed: {type(e).__name__}); delete it to retrain, or pass another --estimator") from e
     if not isinstance(blob, dict) or blob.get("format") != ESTIMATOR_FORMAT:
         raise ValueError(f"factor estimator {path}: not a pdfgc estimator file (format "
                          f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}, expected "

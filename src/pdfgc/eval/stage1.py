@@ -66,9 +66,10 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     app, mot, g0, info = load_stage1_networks(ckpt, device)
     size = int(g0.config["image_size"])
-    est, est_path = get_estimator(estimator, out_dir, size, data_seed=data_seed, seed=seed,
-                                  num_identities=num_identities, steps=estimator_steps, num_clips=estimator_clips,
-                                  progress=progress, log=log)
+    with torch.inference_mode(False), torch.enable_grad():  # training the estimator (no file given) needs autograd
+        est, est_path = get_estimator(estimator, out_dir, size, data_seed=data_seed, seed=seed,
+                                      num_identities=num_identities, steps=estimator_steps,
+                                      num_clips=estimator_clips, progress=progress, log=log)
     src, samples, fidx = eval_samples(size, clips, frames, num_identities, data_seed, seed)
 
     def reenact(app_img, drv):
