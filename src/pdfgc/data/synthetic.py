@@ -58,6 +58,7 @@ VOWEL_MOUTH = np.array([[1.00, 0.55],
                         [0.72, 0.22],
                         [0.32, 0.02]])
 REST_WIDTH = 0.5
+MOUTH_TO_FACE = 0.245  # identity mouth rest half-width / head half-width (make_identity)
 # expression parameters per emotion at intensity 1: smile, brow inner raise, brow outer raise, squint, widen
 EMOTION_EXPR = np.array([[0.0, 0.0, 0.0, 0.0, 0.0],
                          [1.0, 0.10, 0.10, 0.45, 0.0],
@@ -113,7 +114,11 @@ def make_identity(seed: int, identity: int) -> np.ndarray:
     p[I_NY] = r.uniform(0.10, 0.16)
     p[I_NW] = r.uniform(0.035, 0.050)
     p[I_MY] = r.uniform(0.34, 0.42)
-    p[I_MW] = r.uniform(0.13, 0.17)
+    # mouth rest width follows the face width (as in real faces), with a small residual: one frame then shows
+    # the identity's rest width through the face outline, so a frame's mouth-width factor is readable (issue 12).
+    # The draw is kept (same random stream: every other identity parameter is unchanged); it becomes the +-2 %
+    # residual. Range 0.137..0.167 (was an independent uniform 0.13..0.17).
+    p[I_MW] = MOUTH_TO_FACE * p[I_A] * (1.0 + 0.02 * (r.uniform(0.13, 0.17) - 0.15) / 0.02)
     p[I_MO] = r.uniform(0.085, 0.11)
     p[I_UT] = r.uniform(0.022, 0.034)
     p[I_LT] = r.uniform(0.028, 0.044)

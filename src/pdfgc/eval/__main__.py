@@ -1,4 +1,4 @@
-"""`python -m pdfgc.eval videos|synthetic|stage1 ...` (see docs/evaluation.md)."""
+"""`python -m pdfgc.eval videos|synthetic|stage1|train-estimator ...` (see docs/evaluation.md)."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--estimator-steps", type=int, default=1500)
     g.add_argument("--device", default="cpu")
+
+    t = sub.add_parser("train-estimator", help="train the factor estimator once on renders of the synthetic train "
+                       "identities and write it (the shipped src/pdfgc/eval/assets/estimator_56.safetensors is "
+                       "reproduced by the defaults)")
+    t.add_argument("--out", required=True, help="output file (.safetensors; a partial file is written at every "
+                   "checkpoint)")
+    t.add_argument("--image-size", type=int, default=56)
+    t.add_argument("--ids", type=int, default=10000, help="train identities (one clip each)")
+    t.add_argument("--frames-per-id", type=int, default=8, help="decorrelated renders per identity")
+    t.add_argument("--steps", type=int, default=10000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--width", type=int, default=24)
+    t.add_argument("--branch-channels", type=int, default=16)
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="measure held-out figures and save every "
+                   "this many steps")
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p
 
 
@@ -78,6 +98,25 @@ def _run(args) -> int:
                               landmarks=args.landmarks, stride=args.stride, max_frames=args.max_frames,
                               device=args.device)
         print(open(rep["files"]["markdown"]).read())
+    elif args.command == "train-estimator":
+        import torch
+
+        from pdfgc.eval.instrument import bars_table, train_instrument
+
+        for k in ("ids", "frames_per_id", "steps", "batch_size", "image_size", "threads"):
+            if getattr(args, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+        if not args.out.endswith(".safetensors"):
+            raise ValueError(f"--out {args.out}: the estimator is written as .safetensors")
+        torch.set_num_threads(args.threads)
+        est = train_instrument(image_size=args.image_size, ids=args.ids, frames_per_id=args.frames_per_id,
+                               steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, width=args.width,
+                               branch_channels=args.branch_channels, data_seed=args.data_seed, seed=args.seed,
+                               out=args.out, checkpoint_every=args.checkpoint_every)
+        print(f"wrote {args.out}")
+        for name, v, bar, met in bars_table(est.metrics["redrawn"]):
+            print(f"  {name:12s} {v:.3f}  bar {bar}  {'met' if met else 'NOT met'}")
     elif args.command == "stage1":
         from pdfgc.eval.stage1 import run_stage1_probe
 
