@@ -31,15 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="checkpoint folder (official four .pth or a pdfgc export)")
     s.add_argument("--out", required=True, help="output folder (report.json, report.md, leakage.png)")
     s.add_argument("--estimator", default=None, help="factor estimator file: loaded if it exists, else trained "
-                   "and saved there (default: OUT/estimator.pt)")
+                   "and saved there (default: the shipped pdfgc/eval/assets/estimator_<size>.safetensors when there "
+                   "is one for this size and data seed, else OUT/estimator.pt)")
     s.add_argument("--clips", type=int, default=8, help="test samples (source + two drivers each)")
     s.add_argument("--frames", type=int, default=16, help="generated frames per sample")
     s.add_argument("--image-size", type=int, default=None, help="render size (default and only choice: the "
                    "model's)")
     s.add_argument("--data-seed", type=int, default=0, help="synthetic dataset seed used in training")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--estimator-steps", type=int, default=1500, help="training steps when the estimator "
-                   "is not cached (1500: ~5 min on one CPU thread)")
+    s.add_argument("--estimator-steps", type=int, default=1500, help="training steps when an estimator "
+                   "has to be trained (no file, no shipped one; 1500: ~5 min on one CPU thread)")
     s.add_argument("--lpips-weights", default=None)
     s.add_argument("--device", default="cpu")
 
@@ -49,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                    "outputs/<run>/1_motion/checkpoints/last.ckpt")
     g.add_argument("--out", required=True, help="output folder (report.json, report.md)")
     g.add_argument("--estimator", default=None, help="factor estimator file: loaded if it exists, else trained "
-                   "and saved there (default: OUT/estimator.pt; the demo leaves one in <run>/demo/eval/)")
+                   "and saved there (default: the shipped estimator for this size, else OUT/estimator.pt)")
     g.add_argument("--clips", type=int, default=8)
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--data-seed", type=int, default=0)
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-seed", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    t.add_argument("--float32", action="store_true", help="keep float32 weights (default: the final weights are "
+                   "rounded to float16 and measured as such, a file half the size)")
     return p
 
 
@@ -113,7 +116,7 @@ def _run(args) -> int:
                                steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                weight_decay=args.weight_decay, width=args.width,
                                branch_channels=args.branch_channels, data_seed=args.data_seed, seed=args.seed,
-                               out=args.out, checkpoint_every=args.checkpoint_every)
+                               out=args.out, checkpoint_every=args.checkpoint_every, half=not args.float32)
         print(f"wrote {args.out}")
         for name, v, bar, met in bars_table(est.metrics["redrawn"]):
             print(f"  {name:12s} {v:.3f}  bar {bar}  {'met' if met else 'NOT met'}")

@@ -315,11 +315,25 @@ def _arch(est: FactorEstimator) -> dict:
                 eye_branch=est.eye_branch, mouth_branch=est.mouth_branch, branch_channels=est.branch_channels)
 
 
-def save_estimator(est: FactorEstimator, path) -> Path:
+HALF_KEEP = ("mean", "std")  # target normalisation stays float32 in a half-precision file
+
+
+def round_to_half(est: FactorEstimator) -> FactorEstimator:
+    """Round the weights (not the target normalisation) to float16 precision in place: what a half-precision file
+    holds, so that metrics measured after this describe the shipped weights exactly."""
+    with torch.no_grad():
+        for k, v in est.state_dict().items():
+            if v.is_floating_point() and k not in HALF_KEEP:
+                v.copy_(v.half().float())
+    return est
+
+
+def save_estimator(est: FactorEstimator, path, half: bool = False) -> Path:
     """Write the estimator (weights + spec + held-out metrics) atomically to `path`.
 
     A `.safetensors` path gets a safetensors file (tensors only; architecture, spec and metrics as JSON in its
-    metadata): the shipped format. Any other suffix gets a torch file of plain values that loads weights-only.
+    metadata): the shipped format; `half` stores its floating weights as float16 (half the size; loading returns
+    float32, see `round_to_half`). Any other suffix gets a torch file of plain values that loads weights-only.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +344,8 @@ def save_estimator(est: FactorEstimator, path) -> Path:
 
         meta = dict(format=ESTIMATOR_FORMAT, **_arch(est), metrics=_plain(getattr(est, "metrics", {})),
                     spec=_plain(getattr(est, "spec", {})))
-        tensors = {k: v.detach().cpu().contiguous() for k, v in est.state_dict().items()}
+        tensors = {k: (v.half() if half and v.is_floating_point() and k not in HALF_KEEP else v).detach().cpu()
+                   .contiguous() for k, v in est.state_dict().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"pdfgc_estimator": json.dumps(meta)})
         return path
