@@ -221,3 +221,19 @@ def test_train_estimator_cli_writes_a_loadable_file_and_errors_in_one_line(tmp_p
     assert main(["train-estimator", "--out", str(out), "--steps", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "error: --out" in err and "error: --steps must be >= 1" in err
+
+
+def test_benchmark_loads_the_shipped_estimator_and_reports_its_accuracy(shipped, tmp_path):
+    """The demo's path: `run_synthetic_benchmark(..., estimator=None)` trains nothing at 56 px and prints the
+    instrument's held-out table in report.md."""
+    from pdfgc.eval.benchmark import run_synthetic_benchmark
+    from pdfgc.models.bundle import PDFGCModels
+
+    torch.manual_seed(0)
+    models = PDFGCModels.from_config("tiny").eval()
+    rep = run_synthetic_benchmark(models, tmp_path, estimator=None, clips=2, frames=4, progress=False, log=None)
+    assert rep["estimator"]["path"] == str(SHIPPED)
+    assert not (tmp_path / "estimator.pt").exists()
+    md = (tmp_path / "report.md").read_text()
+    assert "### Instrument: factor estimator" in md and "emotion_acc (acc)" in md
+    assert f"{shipped.metrics['redrawn']['mouth']:.3f}" in md

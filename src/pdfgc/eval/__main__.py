@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=56)
     t.add_argument("--ids", type=int, default=10000, help="train identities (one clip each)")
     t.add_argument("--frames-per-id", type=int, default=8, help="decorrelated renders per identity")
-    t.add_argument("--steps", type=int, default=10000)
+    t.add_argument("--steps", type=int, default=14000)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)

@@ -148,7 +148,7 @@ def render_training_set(image_size: int, ids: int, frames_per_id: int, data_seed
                                desc="estimator: render train", pool_clips=1000)
 
 
-def train_instrument(image_size: int = 56, ids: int = 10000, frames_per_id: int = 8, steps: int = 10000,
+def train_instrument(image_size: int = 56, ids: int = 10000, frames_per_id: int = 8, steps: int = 14000,
                      batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 1e-4, width: int = 24,
                      branch_channels: int = 16, data_seed: int = 0, seed: int = 0,
                      loss_weights: dict | None = None, out=None, checkpoint_every: int = 1000,
