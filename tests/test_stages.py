@@ -532,3 +532,106 @@ def test_a_new_stage_is_a_class_and_a_yaml(tmp_path):
         assert torch.isfinite(r["trainer"].callback_metrics["loss/pose"])
     finally:
         REGISTRY.pop("yaw", None)
+
+
+def test_lr_mul_puts_a_component_in_its_own_adam_group_and_scales_its_first_step(tmp_path):
+    """`optim.g.lr_mul: {generator0: 5}`: G0's parameters train at 5x the lr, every other trainable parameter at the
+    lr, each exactly once; Adam's first step moves a parameter by ~lr (sign of its gradient), so G0's weights move
+    5x as far as the appearance encoder's after one step on the same loss."""
+    from pdfgc.train.run import build_stage
+
+    lr = 1e-3
+    cfg = compose_cfg(tmp_path, *small("motion"), f"stage.optim.g.lr={lr}", "+stage.optim.g.lr_mul.generator0=5.0",
+                      "stage.optim.g.betas=[0.0,0.99]")
+    module = build_stage(cfg)
+    g_opt, d_opt = module.configure_optimizers()
+    by_id = {}
+    for group in g_opt.param_groups:
+        for p in group["params"]:
+            assert id(p) not in by_id
+            by_id[id(p)] = group["lr"]
+    assert set(by_id) == {id(p) for p in module.generator_parameters()}
+    g0 = {id(p) for p in module.nets["generator0"].parameters()}
+    assert all(v == pytest.approx(5 * lr) for k, v in by_id.items() if k in g0)
+    assert all(v == pytest.approx(lr) for k, v in by_id.items() if k not in g0)
+    assert [g["lr"] for g in d_opt.param_groups] == [pytest.approx(module.config.optim.d.lr)]
+    # one Adam step on a loss touching both: |delta| = lr per element at the first step (bias-corrected, beta1 = 0)
+    app_w = module.nets["appearance"].conv1x1.weight
+    g0_w = next(p for p in module.nets["generator0"].parameters() if p.ndim >= 2)
+    before = (app_w.detach().clone(), g0_w.detach().clone())
+    g_opt.zero_grad()
+    ((app_w * torch.randn_like(app_w)).sum() + (g0_w * torch.randn_like(g0_w)).sum()).backward()
+    g_opt.step()
+    d_app = (app_w.detach() - before[0]).abs()
+    d_g0 = (g0_w.detach() - before[1]).abs()
+    torch.testing.assert_close(d_app, torch.full_like(d_app, lr), rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(d_g0, torch.full_like(d_g0, 5 * lr), rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+stage.optim.g.lr_mul.discriminator=2.0", "not a component this optimizer trains"),
+    ("+stage.optim.g.lr_mul.lip_head=2.0", "not a component this optimizer trains"),
+    ("+stage.optim.g.lr_mul.generator0=0.0", "a multiplier > 0"),
+])
+def test_lr_mul_is_checked_before_training(tmp_path, override, message):
+    from pdfgc.stages.config import StageConfigError
+    from pdfgc.train.run import check_run_config
+
+    cfg = compose_cfg(tmp_path, "stage=motion", override)
+    with pytest.raises(StageConfigError, match=message):
+        check_run_config(cfg)
+
+
+def test_precise_bn_sets_running_stats_to_the_average_over_calibration_batches(tmp_path):
+    """`recalibrate_batchnorm`: each trained BatchNorm layer's running mean / variance become the plain average of
+    the per-batch statistics of its inputs (computed here from the inputs captured by a hook); layers the
+    calibration forward does not reach (the lip head, frozen in stage 1) keep theirs; the module's training RNG
+    stream does not move."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from pdfgc.train.run import build_datamodule, build_stage
+
+    cfg = compose_cfg(tmp_path, *small("motion"))
+    module = build_stage(cfg)
+    dm = build_datamodule(cfg, module)
+    batches = list(dm.calibration_batches(3))
+    assert len(batches) == 3 and batches[0]["app"].shape[0] == 2
+    # the draw is fixed: a second call gives the same batches
+    torch.testing.assert_close(next(iter(dm.calibration_batches(1)))["drv"], batches[0]["drv"])
+    bn_app = next(m for m in module.nets["appearance"].modules() if isinstance(m, _BatchNorm))
+    bn_trunk = next(m for m in module.nets["motion"].role_modules("trunk")[0].modules() if isinstance(m, _BatchNorm))
+    heads = [m for m in module.nets["motion"].role_modules("lip")[0].modules() if isinstance(m, _BatchNorm)]
+    before_heads = [snapshot(m) for m in heads]
+    captured = {bn_app: [], bn_trunk: []}
+    hooks = [m.register_forward_pre_hook(lambda m, a: captured[m].append(a[0].detach().clone())) for m in captured]
+    rng_before = module._rng_cpu
+    module.recalibrate_batchnorm(batches)
+    for h in hooks:
+        h.remove()
+    assert module._rng_cpu is rng_before
+    for bn, xs in captured.items():
+        assert len(xs) == 3
+        mean = torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0)
+        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in xs]).mean(0)
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+        assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.1
+    for m, b in zip(heads, before_heads):
+        for k, v in snapshot(m).items():
+            assert torch.equal(v, b[k]), k
+
+
+def test_precise_bn_runs_after_the_last_iteration_and_lands_in_last_ckpt(tmp_path):
+    from pdfgc.train import checkpoint as ckpt_format
+    from pdfgc.train.run import run_stage
+
+    def run(out, n):
+        cfg = compose_cfg(out, *small("motion"), "stage.iterations=2", "stage.loss.weights.vgg=0",
+                          f"stage.precise_bn={n}")
+        return ckpt_format.read(run_stage(cfg)["last_ckpt"]).components["appearance"]
+
+    plain, precise = run(tmp_path / "a", 0), run(tmp_path / "b", 3)
+    assert int(plain["model.bn1.num_batches_tracked"]) == 2        # two training steps
+    assert int(precise["model.bn1.num_batches_tracked"]) == 3      # three calibration batches after them
+    assert not torch.equal(plain["model.bn1.running_mean"], precise["model.bn1.running_mean"])
+    assert torch.equal(plain["model.conv1.weight"], precise["model.conv1.weight"])  # weights untouched

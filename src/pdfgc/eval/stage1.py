@@ -141,3 +141,34 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
         log(f"stage-1 probe: {clips} samples in {report['timing']['total_s']:.1f} s; G0 other identity: "
             + ", ".join(f"{f} {e[f]['nerr']:.2f}" for f in FACTORS) + f"; report in {out_dir}")
     return report
+
+
+@torch.inference_mode()
+def reconstruction_psnr(ckpt, batch, noise_mode: str = "const", device: str = "cpu") -> dict:
+    """Stage 1's own task on given samples: PSNR (dB, per image then averaged) of G0(E_app(app), E_mot(drv))
+    against `drv`, for the sampled generator (EMA when the checkpoint has one) and, beside it, the raw trained
+    generator and copying the appearance frame. `batch`: a collated motion-stage batch (`app`, `drv` in [-1, 1]).
+    This is what `debug=overfit` must drive up (issue 12 item 2: >= 30 dB on its 4 samples)."""
+    from pdfgc.eval.metrics import psnr_per_image
+    from pdfgc.models.config import build_component
+    from pdfgc.pipeline.core import to_uint8
+    from pdfgc.train import checkpoint as ckpt_format
+
+    app, mot, g_ema, _ = load_stage1_networks(ckpt, device)
+    ck = ckpt_format.read(ckpt)
+    _, sd = ck.network("generator0", prefer_ema=False)
+    g_raw = build_component(ck.model_config["generator0"], source=f"{ckpt} [model.generator0]")
+    g_raw.load_state_dict(sd)
+    g_raw.to(device).eval()
+    a, d = batch["app"].to(device), batch["drv"].to(device)
+    f_app, f_sp = app(a)
+    f_mot = mot.trunk(d)
+    style = torch.cat([f_app, f_mot], dim=1)
+    ref = to_uint8(d)
+
+    def score(img):
+        return float(np.mean(psnr_per_image(to_uint8(img), ref)))
+
+    return {"ema": score(g_ema(style, f_sp, noise_mode=noise_mode)),
+            "raw": score(g_raw(style, f_sp, noise_mode=noise_mode)),
+            "copy_app": score(a), "num_samples": int(len(a))}

@@ -36,6 +36,7 @@ try:  # the package ships `pytorch_lightning`; `lightning` is accepted as well
 except ImportError:  # pragma: no cover
     import lightning.pytorch as pl
 
+from pdfgc.losses.pyramid import laplacian_l1
 from pdfgc.losses.regional import region_l1
 from pdfgc.models.config import resolve_model_config
 from pdfgc.models.layers import EqualLinear
@@ -218,6 +219,50 @@ class StageModule(pl.LightningModule):
             m.eval()
         return self
 
+    # ------------------------------------------------------------------ BatchNorm statistics ("precise BN")
+    def calibration_forward(self, batch) -> None:
+        """One forward pass through the layers the stage trains, as its training step runs them (no gradients);
+        used to re-estimate BatchNorm statistics. Default: the stage's loss terms."""
+        self.compute_losses(batch)
+
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, batches) -> int:
+        """Re-estimate the running mean / variance of every BatchNorm layer in the trainable parts as the plain
+        average over `batches` (dicts of tensors) with the current weights, instead of the exponential average
+        the training steps left (which lags weights that move fast). Layers the calibration forward does not
+        reach keep their statistics. Deterministic (its own RNG seed; the training RNG stream is untouched).
+        Returns the number of layers re-estimated."""
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        seen, bns = set(), []
+        for mod in self.trainable_modules():
+            for m in mod.modules():
+                if isinstance(m, _BatchNorm) and m.track_running_stats and id(m) not in seen:
+                    seen.add(id(m))
+                    bns.append(m)
+        if not bns:
+            return 0
+        saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        was_training = self.training
+        self.train()  # frozen parts stay in eval (see train())
+        try:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                for batch in batches:
+                    batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    self.calibration_forward(batch)
+        finally:
+            self.train(was_training)
+            for m, (state, momentum) in zip(bns, saved):
+                m.momentum = momentum
+                if int(m.num_batches_tracked) == 0:  # not reached by the calibration forward
+                    m.load_state_dict(state)
+        return sum(int(m.num_batches_tracked) > 0 for m in bns)
+
     def generator_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters of everything except the discriminator (deduplicated, stable order)."""
         seen, params = set(), []
@@ -327,9 +372,29 @@ class StageModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def _adam(self, params, opt_cfg, lr_scale: float = 1.0, beta_power: float = 1.0):
+        """Adam over `params` with `opt_cfg`'s lr / betas / weight decay; `opt_cfg.lr_mul` ({component: factor})
+        puts each named component's parameters in its own group at lr x factor (the first group is always the
+        unscaled one, which is what the `lr/<optimizer>` log shows)."""
         b1, b2 = (float(b) for b in opt_cfg.betas)
-        return torch.optim.Adam(params, lr=float(opt_cfg.lr) * lr_scale, betas=(b1 ** beta_power, b2 ** beta_power),
-                                weight_decay=float(opt_cfg.weight_decay))
+        lr = float(opt_cfg.lr) * lr_scale
+        return torch.optim.Adam(self._lr_groups(params, opt_cfg.lr_mul, lr), lr=lr,
+                                betas=(b1 ** beta_power, b2 ** beta_power), weight_decay=float(opt_cfg.weight_decay))
+
+    def _lr_groups(self, params, lr_mul, lr: float) -> list[dict]:
+        """Split `params` into Adam parameter groups by component: one group at `lr` for every parameter whose
+        component has no multiplier, then one per component of `lr_mul` at lr x multiplier (empty groups dropped)."""
+        lr_mul = dict(lr_mul or {})
+        owner = {}
+        for comp in lr_mul:
+            for p in self.nets[comp].parameters():
+                owner[id(p)] = comp
+        base = [p for p in params if id(p) not in owner]
+        groups = [{"params": base, "lr": lr}]
+        for comp, mul in lr_mul.items():
+            mine = [p for p in params if owner.get(id(p)) == comp]
+            if mine:
+                groups.append({"params": mine, "lr": lr * float(mul), "component": comp})
+        return [g for g in groups if g["params"]] or [{"params": [], "lr": lr}]
 
     def _scheduler(self, opt):
         sch = self.config.optim.scheduler
@@ -514,15 +579,20 @@ class GANStage(StageModule):
         """Stage-specific generator terms (not gan/fm), given `out = generate(batch)`."""
         raise NotImplementedError
 
+    def calibration_forward(self, batch) -> None:
+        self.compute_losses(batch, self.generate(batch))
+
     def reconstruction_terms(self, fake: torch.Tensor, real: torch.Tensor,
                              boxes: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The pixel terms every GAN stage shares, each computed only when its weight is on: `l1` (mean absolute
-        error), `vgg` (perceptual distance of VGG features), and `l1_eye` / `l1_mouth` (L1 inside the eye / mouth
+        error), `lap` (Laplacian-pyramid L1, `losses.pyramid`), `vgg` (perceptual distance of VGG features), and `l1_eye` / `l1_mouth` (L1 inside the eye / mouth
         box of each target, `losses.regional.region_l1`; `boxes` = {"eye": (B,4), "mouth": (B,4)}, terms whose box
         the batch lacks are skipped); fake, real (B,3,S,S) in [-1,1]."""
         terms = {}
         if self.on("l1"):
             terms["l1"] = torch.nn.functional.l1_loss(fake, real)
+        if self.on("lap"):
+            terms["lap"] = laplacian_l1(fake, real)
         if self.on("vgg"):
             terms["vgg"] = self.perceptual(fake, real)
         for region in ("eye", "mouth"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -51,6 +51,11 @@ class AdamConfig:
     lr: float = 1e-4                                               # reference: 1e-4 for every network
     betas: List[float] = field(default_factory=lambda: [0.0, 0.99])  # reference: (0, 0.99)
     weight_decay: float = 0.0
+    # {component: factor}: that component's parameters train at lr x factor (e.g. {generator0: 5}; equalised-lr
+    # generator weights are N(0, 1) while the encoders' are ~1/sqrt(fan_in), so one lr moves them at very
+    # different relative rates; docs/training.md, experiment log). On the command line a new key takes `+`:
+    # `+stage.optim.g.lr_mul.generator0=5`
+    lr_mul: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +122,10 @@ class StageConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # batches over which the running statistics of every BatchNorm layer the stage trains are re-estimated after its
+    # last iteration, with the final weights ("precise BN"; 0 = off). The running averages lag weights that move
+    # fast, and frozen later stages read these statistics (docs/training.md, experiment log (e)).
+    precise_bn: int = 0
 
 
 @dataclass
@@ -147,10 +156,15 @@ def validate(config: StageConfig, where: str = "stage") -> StageConfig:
             bad(f"optim.{opt_name}.betas", list(opt.betas), "two values in [0, 1)")
         if opt.weight_decay < 0:
             bad(f"optim.{opt_name}.weight_decay", opt.weight_decay, "a value >= 0")
+        for comp, mul in (opt.lr_mul or {}).items():
+            if not float(mul) > 0:
+                bad(f"optim.{opt_name}.lr_mul.{comp}", mul, "a multiplier > 0")
     if config.optim.clip_grad is not None and not config.optim.clip_grad > 0:
         bad("optim.clip_grad", config.optim.clip_grad, "a norm > 0 or null")
     if config.log.sample_every < 0:
         bad("log.sample_every", config.log.sample_every, "an integer >= 0 (0 = never)")
+    if config.precise_bn < 0:
+        bad("precise_bn", config.precise_bn, "an integer >= 0 (0 = off)")
     if config.checkpoint.every < 0:
         bad("checkpoint.every", config.checkpoint.every, "an integer >= 0")
     loss = getattr(config, "loss", None)

@@ -44,6 +44,7 @@ class EmoLossWeights:
     fm: float = 10.0
     vgg: float = 10.0
     l1: float = 1.0
+    lap: float = 0.0
     l1_eye: float = 0.0
     l1_mouth: float = 0.0
     decor: float = 1.0      # decorrelation of the emotion code from the audio (memory banks)

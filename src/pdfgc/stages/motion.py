@@ -33,6 +33,7 @@ class MotionLossWeights:
     fm: float = 10.0
     vgg: float = 10.0
     l1: float = 1.0
+    lap: float = 0.0         # Laplacian-pyramid L1 (every octave weighted alike; losses.pyramid)
     l1_eye: float = 0.0      # L1 inside the eye box of the target
     l1_mouth: float = 0.0    # L1 inside the mouth box
     mot: float = 1.0         # motion consistency (augmented vs clean driving frame)
@@ -86,6 +87,12 @@ class MotionStage(GANStage):
             if valid.any():
                 terms["id"] = F.cross_entropy(logits[valid], ids[valid])
         return terms
+
+    def calibration_forward(self, batch) -> None:
+        # BatchNorm statistics for what inference feeds: the appearance frame and the clean driving frame (training
+        # normalises the trunk's augmented and clean passes alike, so its running averages mix the two)
+        self.nets["appearance"](batch["app"])
+        self.nets["motion"].trunk(batch["drv"])
 
     @torch.no_grad()
     def sample_media(self, batch):

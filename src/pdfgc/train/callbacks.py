@@ -77,7 +77,7 @@ class IterationCheckpoint(pl.Callback):
                 stale.unlink(missing_ok=True)
 
     def _save(self, trainer, it: int, periodic: bool) -> None:
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # the full state (optimizers too): exact resume
         self._last_saved = it
         if periodic and trainer.is_global_zero:
             _atomic_copy(self.last_path, self.dirpath / f"iter_{it:07d}.ckpt")
@@ -94,3 +94,18 @@ class IterationCheckpoint(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         if self.save_on_train_end and self._last_saved != int(pl_module.iteration):
             self._save(trainer, int(pl_module.iteration), periodic=False)
+
+
+class PreciseBatchNorm(pl.Callback):
+    """After the stage's last iteration (`stage.iterations`), re-estimate the BatchNorm statistics of the layers it
+    trains over `batches` fixed batches (`make_batches(n)`), before the final checkpoint is written (list this
+    callback before `IterationCheckpoint`). See `StageModule.recalibrate_batchnorm`."""
+
+    def __init__(self, batches: int, make_batches):
+        self.batches = int(batches)
+        self.make_batches = make_batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.batches > 0 and int(pl_module.iteration) == int(pl_module.config.iterations):
+            n = pl_module.recalibrate_batchnorm(self.make_batches(self.batches))
+            log.info("precise BN: re-estimated %d BatchNorm layers over %d batches", n, self.batches)

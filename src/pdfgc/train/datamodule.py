@@ -134,6 +134,19 @@ class PDFGCDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                           drop_last=False, pin_memory=self.pin_memory)
 
+    def calibration_batches(self, n: int):
+        """`n` collated training batches for re-estimating BatchNorm statistics (`stage.precise_bn`): a fixed
+        seeded draw, the same in every run and after a resume (under `limit`, from the first `limit` items);
+        built in this process."""
+        from torch.utils.data import default_collate
+
+        self.setup()
+        ds = self.train_set
+        mode = "stream" if getattr(ds, "unbounded", False) else "permute"
+        sampler = iter(ResumableInfiniteSampler(len(ds), seed=self.seed + 104_729, mode=mode, limit=self.limit))
+        for _ in range(int(n)):
+            yield default_collate([ds[next(sampler)] for _ in range(self.batch_size)])
+
     def example_batch(self, split: str = "train") -> dict[str, torch.Tensor]:
         """One collated batch (no workers), e.g. for shape checks and sample grids."""
         self.setup()

@@ -22,7 +22,7 @@ import torch
 from pdfgc.stages import STAGES, StageModule
 from pdfgc.stages.config import StageConfig, StageConfigError, validate
 from pdfgc.train import checkpoint as ckpt_format
-from pdfgc.train.callbacks import AtomicCheckpointIO, IterationCheckpoint, TrainingState
+from pdfgc.train.callbacks import AtomicCheckpointIO, IterationCheckpoint, PreciseBatchNorm, TrainingState
 from pdfgc.train.sampler import StagePosition
 
 try:
@@ -106,6 +106,19 @@ def stage_config(node, where: str = "stage") -> StageConfig:
     return validate(config, where)
 
 
+def _check_lr_mul(config: StageConfig, where: str) -> None:
+    """`optim.<g|d>.lr_mul` names components the stage builds (the discriminator only under `d`)."""
+    cls = stage_class(config._target_, where)
+    for opt_name in ("g", "d"):
+        opt = getattr(config.optim, opt_name, None)
+        for comp in (getattr(opt, "lr_mul", None) or {}):
+            allowed = ("discriminator",) if opt_name == "d" else tuple(c for c in cls.COMPONENTS
+                                                                          if c != "discriminator")
+            if comp not in allowed:
+                raise StageConfigError(f"{where}.optim.{opt_name}.lr_mul: {comp!r} is not a component this optimizer "
+                                       f"trains in stage '{cls.STAGE}' (choose from {list(allowed)})")
+
+
 def _check_trainable(config: StageConfig, model_cfg, where: str) -> None:
     """`stage.trainable` names components the stage builds and roles those networks have (read from the classes
     the model config names; nothing is built)."""
@@ -140,6 +153,7 @@ def check_run_config(cfg) -> dict[str, StageConfig]:
     where = "chain_stages" if cfg.get("chain") else None
     for name, config in out.items():
         _check_trainable(config, model_cfg, f"{where}.{name}" if where else "stage")
+        _check_lr_mul(config, f"{where}.{name}" if where else "stage")
     return out
 
 
@@ -263,7 +277,8 @@ def run_stage(cfg) -> dict:
     loader = datamodule.train_dataloader()
     loggers = _instantiate_loggers(cfg)
     resolved = _to_dict(cfg)
-    callbacks = _instantiate_callbacks(cfg) + [TrainingState(run_config=resolved)]
+    precise = PreciseBatchNorm(module.config.precise_bn, datamodule.calibration_batches)
+    callbacks = [precise] + _instantiate_callbacks(cfg) + [TrainingState(run_config=resolved)]
     max_steps = module.optimizer_steps()
     extra = {}
     accel = str(cfg.trainer.get("accelerator", "auto"))
