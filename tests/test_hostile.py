@@ -666,7 +666,8 @@ def test_estimator_file_pickle_runs_no_code(tmp_path, marker):
 
 def test_stage1_probe_without_an_estimator_file_trains_one(tmp_path):
     """The stage-1 probe runs inside inference mode; with no estimator file it must still train one (it crashed
-    with 'element 0 of tensors does not require grad')."""
+    with 'element 0 of tensors does not require grad'). A path that does not exist yet forces training (without
+    one, 56 px uses the shipped estimator)."""
     from pdfgc.eval.stage1 import run_stage1_probe
     from pdfgc.train.config import compose
     from pdfgc.train.run import run_stage
@@ -674,6 +675,7 @@ def test_stage1_probe_without_an_estimator_file_trains_one(tmp_path):
     cfg = compose([f"paths.output_dir={tmp_path / 'run'}", "logger=none", "stage=motion", "stage.batch_size=2",
                    "debug=fast_dev_run", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"])
     ckpt = run_stage(cfg)["last_ckpt"]
-    rep = run_stage1_probe(ckpt, tmp_path / "probe", estimator=None, clips=1, frames=4, estimator_steps=2,
+    rep = run_stage1_probe(ckpt, tmp_path / "probe", estimator=tmp_path / "probe" / "estimator.pt", clips=1,
+                           frames=4, estimator_steps=2,
                            estimator_clips=2, progress=False, log=None)
     assert (tmp_path / "probe" / "estimator.pt").is_file() and "g0_other_identity" in rep["errors"]

@@ -194,3 +194,14 @@ def test_pose_factor_moves_the_face_as_labelled():
     best = min(shifts, key=lambda k: np.abs(np.roll(prof_a, k)[12:-12] - prof_b[12:-12]).mean())
     expected = 0.15 * src.state(0).ident[syn.I_A] * s / 2  # tx in head half-widths, half image = s/2 pixels
     assert abs(best - expected) <= 2, (best, expected)
+
+
+def test_mouth_rest_width_follows_face_width():
+    """Issue 12 item 1: an identity's mouth rest width is its face width x MOUTH_TO_FACE within +-2 % (so one frame
+    shows the rest width through the face outline and the mouth-width factor is readable); every other identity
+    parameter keeps its random stream."""
+    ids = [syn.make_identity(0, i) for i in range(300)]
+    ratio = np.array([p[syn.I_MW] / p[syn.I_A] for p in ids]) / syn.MOUTH_TO_FACE
+    assert np.all(np.abs(ratio - 1) <= 0.02 + 1e-12) and ratio.std() > 0.008
+    a = np.array([p[syn.I_A] for p in ids])
+    assert np.corrcoef(a, [p[syn.I_MW] for p in ids])[0, 1] > 0.95

@@ -130,7 +130,8 @@ def demo_outputs(export_dir, out_dir, data_cfg: Mapping, num_frames: int = 50, e
             from pdfgc.eval.stage1 import run_stage1_probe
 
             result["stage1"] = run_stage1_probe(stage1_ckpt, out_dir / "eval_stage1",
-                                                estimator=out_dir / "eval" / "estimator.pt", clips=eval_clips,
+                                                estimator=result["report"]["estimator"]["path"] or None,
+                                                clips=eval_clips,
                                                 seed=seed, progress=False, log=log.info)
         except Exception as e:
             result["messages"].append(f"stage-1 probe failed: {type(e).__name__}: {e}")

@@ -1,4 +1,4 @@
-"""`python -m pdfgc.eval videos|synthetic|stage1 ...` (see docs/evaluation.md)."""
+"""`python -m pdfgc.eval videos|synthetic|stage1|train-estimator ...` (see docs/evaluation.md)."""
 from __future__ import annotations
 
 import argparse
@@ -31,15 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ckpt", required=True, help="checkpoint folder (official four .pth or a pdfgc export)")
     s.add_argument("--out", required=True, help="output folder (report.json, report.md, leakage.png)")
     s.add_argument("--estimator", default=None, help="factor estimator file: loaded if it exists, else trained "
-                   "and saved there (default: OUT/estimator.pt)")
+                   "and saved there (default: the shipped pdfgc/eval/assets/estimator_<size>.safetensors when there "
+                   "is one for this size and data seed, else OUT/estimator.pt)")
     s.add_argument("--clips", type=int, default=8, help="test samples (source + two drivers each)")
     s.add_argument("--frames", type=int, default=16, help="generated frames per sample")
     s.add_argument("--image-size", type=int, default=None, help="render size (default and only choice: the "
                    "model's)")
     s.add_argument("--data-seed", type=int, default=0, help="synthetic dataset seed used in training")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--estimator-steps", type=int, default=1500, help="training steps when the estimator "
-                   "is not cached (1500: ~5 min on one CPU thread)")
+    s.add_argument("--estimator-steps", type=int, default=1500, help="training steps when an estimator "
+                   "has to be trained (no file, no shipped one; 1500: ~5 min on one CPU thread)")
     s.add_argument("--lpips-weights", default=None)
     s.add_argument("--device", default="cpu")
 
@@ -49,13 +50,35 @@ def _parser() -> argparse.ArgumentParser:
                    "outputs/<run>/1_motion/checkpoints/last.ckpt")
     g.add_argument("--out", required=True, help="output folder (report.json, report.md)")
     g.add_argument("--estimator", default=None, help="factor estimator file: loaded if it exists, else trained "
-                   "and saved there (default: OUT/estimator.pt; the demo leaves one in <run>/demo/eval/)")
+                   "and saved there (default: the shipped estimator for this size, else OUT/estimator.pt)")
     g.add_argument("--clips", type=int, default=8)
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--data-seed", type=int, default=0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--estimator-steps", type=int, default=1500)
     g.add_argument("--device", default="cpu")
+
+    t = sub.add_parser("train-estimator", help="train the factor estimator once on renders of the synthetic train "
+                       "identities and write it (the shipped src/pdfgc/eval/assets/estimator_56.safetensors is "
+                       "reproduced by the defaults)")
+    t.add_argument("--out", required=True, help="output file (.safetensors; a partial file is written at every "
+                   "checkpoint)")
+    t.add_argument("--image-size", type=int, default=56)
+    t.add_argument("--ids", type=int, default=10000, help="train identities (one clip each)")
+    t.add_argument("--frames-per-id", type=int, default=8, help="decorrelated renders per identity")
+    t.add_argument("--steps", type=int, default=14000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--width", type=int, default=24)
+    t.add_argument("--branch-channels", type=int, default=16)
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="measure held-out figures and save every "
+                   "this many steps")
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    t.add_argument("--float32", action="store_true", help="keep float32 weights (default: the final weights are "
+                   "rounded to float16 and measured as such, a file half the size)")
     return p
 
 
@@ -78,6 +101,25 @@ def _run(args) -> int:
                               landmarks=args.landmarks, stride=args.stride, max_frames=args.max_frames,
                               device=args.device)
         print(open(rep["files"]["markdown"]).read())
+    elif args.command == "train-estimator":
+        import torch
+
+        from pdfgc.eval.instrument import bars_table, train_instrument
+
+        for k in ("ids", "frames_per_id", "steps", "batch_size", "image_size", "threads"):
+            if getattr(args, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+        if not args.out.endswith(".safetensors"):
+            raise ValueError(f"--out {args.out}: the estimator is written as .safetensors")
+        torch.set_num_threads(args.threads)
+        est = train_instrument(image_size=args.image_size, ids=args.ids, frames_per_id=args.frames_per_id,
+                               steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               weight_decay=args.weight_decay, width=args.width,
+                               branch_channels=args.branch_channels, data_seed=args.data_seed, seed=args.seed,
+                               out=args.out, checkpoint_every=args.checkpoint_every, half=not args.float32)
+        print(f"wrote {args.out}")
+        for name, v, bar, met in bars_table(est.metrics["redrawn"]):
+            print(f"  {name:12s} {v:.3f}  bar {bar}  {'met' if met else 'NOT met'}")
     elif args.command == "stage1":
         from pdfgc.eval.stage1 import run_stage1_probe
 

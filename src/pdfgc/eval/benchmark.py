@@ -112,12 +112,24 @@ def eval_samples(size: int, clips: int, frames: int, num_identities: int = 500, 
 def get_estimator(estimator, out_dir, size: int, data_seed: int = 0, seed: int = 0, num_identities: int = 500,
                   steps: int = 1500, num_clips: int = 400, progress: bool = True, log=print):
     """The factor estimator for `size` px: `estimator` itself (a `FactorEstimator`), or loaded from the path
-    `estimator` (default `out_dir/estimator.pt`) when that file exists, else trained on the synthetic train
-    identities and saved there. Returns (estimator on CPU in eval mode, path or None)."""
+    `estimator` when that file exists, else trained on the synthetic train identities and saved there. With
+    `estimator=None`: the shipped estimator for this size (`pdfgc/eval/assets/estimator_<size>.safetensors`,
+    trained once by `python -m pdfgc.eval train-estimator`) when there is one and it was trained on this data seed,
+    else `out_dir/estimator.pt` (loaded or trained). Returns (estimator on CPU in eval mode, path or None)."""
     from pdfgc.data.synthetic import SyntheticSource
 
     if isinstance(estimator, FactorEstimator):
         return estimator.to("cpu").eval(), None
+    if estimator is None:
+        from pdfgc.eval.instrument import shipped_path
+
+        shipped = shipped_path(size)
+        if shipped.is_file():
+            est = load_estimator(shipped)
+            if est.image_size == size and est.spec.get("data_seed", 0) == data_seed:
+                if log:
+                    log(f"factor estimator: shipped {shipped}")
+                return est.to("cpu").eval(), shipped
     est_path = Path(estimator) if estimator is not None else Path(out_dir) / "estimator.pt"
     if est_path.is_file():
         est = load_estimator(est_path)

@@ -29,6 +29,9 @@ ESTIMATOR_FORMAT = 1
 DEFAULT_LOSS_WEIGHTS = {"gaze": 4.0}
 # x0, y0, x1, y1 (fractions of the image) that hold both eyes of an aligned crop at every synthetic pose
 EYE_BAND = (0.15, 0.04, 0.85, 0.44)
+# the same for the mouth: where lips change between a closed narrow and an open wide mouth at every synthetic pose
+# (rows 0.32-0.75, columns 0.21-0.79 of the crop in 99 % of frames), with a margin
+MOUTH_BAND = (0.16, 0.30, 0.84, 0.80)
 
 
 def _conv(i: int, o: int, k: int = 3, stride: int = 2) -> list[nn.Module]:
@@ -43,13 +46,17 @@ class FactorEstimator(nn.Module):
     """
 
     def __init__(self, image_size: int = 56, width: int = 24, num_emotions: int = NUM_EMOTIONS,
-                 eye_branch: bool = True):
+                 eye_branch: bool = True, mouth_branch: bool = False, branch_channels: int | None = None):
         super().__init__()
         self.image_size = int(image_size)
         self.width = int(width)
         self.num_emotions = int(num_emotions)
         self.eye_branch = bool(eye_branch)
+        self.mouth_branch = bool(mouth_branch)
+        # channels of the eye / mouth branches' last layers (None: 2 * width, the original eye branch)
+        self.branch_channels = None if branch_channels is None else int(branch_channels)
         w = self.width
+        bc = 2 * w if self.branch_channels is None else self.branch_channels
         # one full-resolution layer keeps the few-pixel details (iris, lids, lips), then four stride-2 layers
         self.features = nn.Sequential(*_conv(3, w // 2, 5, 1), *_conv(w // 2, w), *_conv(w, 2 * w),
                                       *_conv(2 * w, 3 * w), *_conv(3 * w, 4 * w))
@@ -60,9 +67,14 @@ class FactorEstimator(nn.Module):
         if self.eye_branch:
             # gaze moves the iris by 1-2 pixels at 56 px: a branch over the eye band (where aligned crops put the
             # eyes, SPEC 1.3 template, at every pose of the synthetic data) that downsamples only twice
-            self.eye = nn.Sequential(*_conv(3, w // 2, 3, 1), *_conv(w // 2, w, 3, 1), *_conv(w, 2 * w),
-                                     *_conv(2 * w, 2 * w), nn.AdaptiveAvgPool2d((2, 4)))
-            feat += 2 * w * 8
+            self.eye = nn.Sequential(*_conv(3, w // 2, 3, 1), *_conv(w // 2, w, 3, 1), *_conv(w, bc),
+                                     *_conv(bc, bc), nn.AdaptiveAvgPool2d((2, 4)))
+            feat += bc * 8
+        if self.mouth_branch:
+            # mouth opening / width are a few pixels of lip outline: the same kind of branch over the mouth band
+            self.mouth = nn.Sequential(*_conv(3, w // 2, 3, 1), *_conv(w // 2, w, 3, 1), *_conv(w, bc),
+                                       *_conv(bc, bc), nn.AdaptiveAvgPool2d((2, 4)))
+            feat += bc * 8
         self.head = nn.Sequential(nn.Linear(feat, 256), nn.ReLU(inplace=True),
                                   nn.Linear(256, REG_DIM + self.num_emotions))
         self.register_buffer("mean", torch.zeros(REG_DIM))
@@ -77,6 +89,10 @@ class FactorEstimator(nn.Module):
             s = self.image_size
             x0, y0, x1, y1 = (round(v * s) for v in EYE_BAND)
             h = torch.cat([h, self.eye(x[:, :, y0:y1, x0:x1]).flatten(1)], dim=1)
+        if self.mouth_branch:
+            s = self.image_size
+            x0, y0, x1, y1 = (round(v * s) for v in MOUTH_BAND)
+            h = torch.cat([h, self.mouth(x[:, :, y0:y1, x0:x1]).flatten(1)], dim=1)
         out = self.head(h)
         return {"reg": out[:, :REG_DIM], "logits": out[:, REG_DIM:]}
 
@@ -139,7 +155,7 @@ def sample_frames(source, num_clips: int, frames_per_clip: int, seed: int = 0, p
 
 
 def render_decorrelated(source, num_clips: int, frames_per_clip: int, seed: int = 0, progress: bool = False,
-                        desc: str = "render") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                        desc: str = "render", pool_clips: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Training renders whose factors are drawn independently of each other and of the identity.
 
     Natural clips hold one emotion (and similar gaze/pose) for many frames, so a CNN trained on them learns
@@ -147,7 +163,9 @@ def render_decorrelated(source, num_clips: int, frames_per_clip: int, seed: int 
     ground-truth factor rows is gathered, and every render takes pose, gaze, eyes, mouth and emotion from five
     independent random rows (eye openness is half the time uniform in [0,1], since blinks are rare), rendered on
     clip `c`'s identity through `source.render(c, idx, **overrides)`. Falls back to `sample_frames` for sources
-    without `render`. Returns (uint8 (n,S,S,3), factors with keys pose, gaze, eye_open, mouth, emotion,
+    without `render`. `pool_clips`: gather the pool of factor rows from only the first that many of the chosen
+    clips (None: all; the rows of 1000 clips already span every factor, and each clip's trajectories cost time).
+    Returns (uint8 (n,S,S,3), factors with keys pose, gaze, eye_open, mouth, emotion,
     emotion_intensity).
     """
     if not hasattr(source, "render"):
@@ -156,7 +174,7 @@ def render_decorrelated(source, num_clips: int, frames_per_clip: int, seed: int 
 
     rng = np.random.default_rng(seed)
     clips = rng.permutation(len(source))[:num_clips]
-    pool = [source.factors(int(c), np.arange(source.num_frames(int(c)))) for c in clips]
+    pool = [source.factors(int(c), np.arange(source.num_frames(int(c)))) for c in clips[:pool_clips]]
     pool = {k: np.concatenate([p[k] for p in pool]) for k in ("pose", "gaze", "eye_open", "mouth", "emotion",
                                                                "emotion_intensity")}
     m = len(pool["pose"])
@@ -292,36 +310,105 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def save_estimator(est: FactorEstimator, path) -> Path:
-    """Write the estimator (weights + spec + held-out metrics) atomically to `path`."""
+def _arch(est: FactorEstimator) -> dict:
+    return dict(image_size=est.image_size, width=est.width, num_emotions=est.num_emotions,
+                eye_branch=est.eye_branch, mouth_branch=est.mouth_branch, branch_channels=est.branch_channels)
 
+
+HALF_KEEP = ("mean", "std")  # target normalisation stays float32 in a half-precision file
+
+
+def round_to_half(est: FactorEstimator) -> FactorEstimator:
+    """Round the weights (not the target normalisation) to float16 precision in place: what a half-precision file
+    holds, so that metrics measured after this describe the shipped weights exactly."""
+    with torch.no_grad():
+        for k, v in est.state_dict().items():
+            if v.is_floating_point() and k not in HALF_KEEP:
+                v.copy_(v.half().float())
+    return est
+
+
+def save_estimator(est: FactorEstimator, path, half: bool = False) -> Path:
+    """Write the estimator (weights + spec + held-out metrics) atomically to `path`.
+
+    A `.safetensors` path gets a safetensors file (tensors only; architecture, spec and metrics as JSON in its
+    metadata): the shipped format; `half` stores its floating weights as float16 (half the size; loading returns
+    float32, see `round_to_half`). Any other suffix gets a torch file of plain values that loads weights-only.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = dict(format=ESTIMATOR_FORMAT, image_size=est.image_size, width=est.width,
-                num_emotions=est.num_emotions, eye_branch=est.eye_branch, state_dict=est.state_dict(),
+    if path.suffix == ".safetensors":
+        import json
+
+        from safetensors.torch import save_file
+
+        meta = dict(format=ESTIMATOR_FORMAT, **_arch(est), metrics=_plain(getattr(est, "metrics", {})),
+                    spec=_plain(getattr(est, "spec", {})))
+        tensors = {k: (v.half() if half and v.is_floating_point() and k not in HALF_KEEP else v).detach().cpu()
+                   .contiguous() for k, v in est.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"pdfgc_estimator": json.dumps(meta)})
+        return path
+    blob = dict(format=ESTIMATOR_FORMAT, **_arch(est), state_dict=est.state_dict(),
                 metrics=_plain(getattr(est, "metrics", {})), spec=_plain(getattr(est, "spec", {})))
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
 
 
+def _read_safetensors(path: Path) -> dict:
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"factor estimator {path}: not a readable safetensors file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    if "pdfgc_estimator" not in meta:
+        raise ValueError(f"factor estimator {path}: a safetensors file without pdfgc estimator metadata "
+                         f"(not written by save_estimator)")
+    try:
+        blob = json.loads(meta["pdfgc_estimator"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"factor estimator {path}: its pdfgc_estimator metadata is not valid JSON") from e
+    if not isinstance(blob, dict):
+        raise ValueError(f"factor estimator {path}: its pdfgc_estimator metadata is not a JSON object")
+    blob["state_dict"] = state
+    return blob
+
+
 def load_estimator(path, device: str | torch.device = "cpu") -> FactorEstimator:
-    """Load a cached estimator written by `save_estimator`."""
+    """Load an estimator written by `save_estimator` (safetensors, or a torch file read weights-only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"factor estimator {path}: no such file; run `python -m pdfgc.eval synthetic ... "
-                                f"--estimator {path}` once to train and cache it")
-    try:  # weights only: an estimator file someone gave you cannot run code
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"factor estimator {path}: not a readable pdfgc estimator file (torch.load(weights_only=True)"
-                         f" failed: {type(e).__name__}); delete it to retrain, or pass another --estimator") from e
+        raise FileNotFoundError(f"factor estimator {path}: no such file; run `python -m pdfgc.eval train-estimator "
+                                f"--out {path}` (or `python -m pdfgc.eval synthetic ... --estimator {path}`) once "
+                                f"to train and cache it")
+    if path.suffix == ".safetensors":
+        blob = _read_safetensors(path)
+    else:
+        try:  # weights only: an estimator file someone gave you cannot run code
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"factor estimator {path}: not a readable pdfgc estimator file (torch.load("
+                             f"weights_only=True) failed: {type(e).__name__}); delete it to retrain, or pass "
+                             f"another --estimator") from e
     if not isinstance(blob, dict) or blob.get("format") != ESTIMATOR_FORMAT:
         raise ValueError(f"factor estimator {path}: not a pdfgc estimator file (format "
                          f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}, expected "
                          f"{ESTIMATOR_FORMAT}); delete it to retrain")
-    est = FactorEstimator(blob["image_size"], blob["width"], blob["num_emotions"], blob.get("eye_branch", False))
-    est.load_state_dict(blob["state_dict"])
+    try:
+        est = FactorEstimator(int(blob["image_size"]), int(blob["width"]), int(blob["num_emotions"]),
+                              bool(blob.get("eye_branch", False)), bool(blob.get("mouth_branch", False)),
+                              blob.get("branch_channels"))
+        est.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"factor estimator {path}: its weights do not fit the architecture it declares "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
     est.metrics = blob.get("metrics", {})
     est.spec = blob.get("spec", {})
     return est.eval().to(device)

@@ -23,6 +23,7 @@ import torch
 
 from pdfgc.eval.benchmark import FACTORS, UNITS, _emotion_expr, factor_vectors, get_estimator, eval_samples
 from pdfgc.eval.estimator import chance_scale, to_tensor
+from pdfgc.eval.report import estimator_markdown
 
 METHODS = ("g0_other_identity", "g0_same_identity", "copy_source", "copy_driver")
 LABELS = {"g0_other_identity": "G0, other identity", "g0_same_identity": "G0, same identity",
@@ -131,6 +132,7 @@ def run_stage1_probe(ckpt, out_dir, estimator=None, clips: int = 8, frames: int 
           "the ground-truth render. G0 should approach copy-driver on the factors and beat copy-source; every "
           "control of the final model is capped by these numbers.", "",
           md_table(["method"] + [f"{f} ({UNITS[f]})" for f in FACTORS] + ["PSNR", "SSIM"], rows), ""]
+    md += estimator_markdown(report["estimator"])
     files = {"json": str(write_json(report, out_dir / "report.json")),
              "markdown": str(atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n"))}
     report["files"] = files
