@@ -395,9 +395,12 @@ def test_appearance_stem_options_make_f_sp_a_true_map_at_small_sizes():
     to 7x7 by adaptive_avg_pool2d (columns 0-2 identical). A stride-1 stem without max-pool (stride 8) gives a 7x7
     layer4 map, and f_sp is conv1x1(layer4) without any pooling. The parameter layout is the same
     (docs/training.md, experiment log 2026-12-02 (c))."""
-    ref_cfg = dict(load_model_config("tiny")["appearance"])
-    assert (ref_cfg.get("stem_stride", 2), ref_cfg.get("stem_pool", True)) == (2, True)  # the demo's, for now
-    cfg = {**ref_cfg, "stem_stride": 1, "stem_pool": False}
+    tiny = dict(load_model_config("tiny")["appearance"])
+    assert (tiny["stem_stride"], tiny["stem_pool"]) == (1, False)  # the tiny model's (experiment log (c), (f))
+    assert (load_model_config("pdfgc")["appearance"]["stem_stride"],
+            load_model_config("pdfgc")["appearance"]["stem_pool"]) == (2, True)  # the released stem
+    ref_cfg = {**tiny, "stem_stride": 2, "stem_pool": True}
+    cfg = tiny
     torch.manual_seed(0)
     small, ref = build_component(cfg).eval(), build_component(ref_cfg).eval()
     assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
