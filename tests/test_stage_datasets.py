@@ -253,3 +253,35 @@ def test_eye_negative_is_the_most_different_candidate(sources):
     state = np.concatenate([f["eye_open"], f["gaze"]], 1).astype(np.float64)
     expected = picks[2 + np.argmax(np.abs(state[2:] - state[1]).sum(1))]
     assert hard[7]["frame_idx"].tolist() == [picks[0], picks[1], expected]
+
+
+def test_motion_appearance_frame_from_the_identity_comes_from_a_sibling_clip(sources):
+    """`dataset.app_from=identity`: the appearance frame is a frame of some clip of the driver's identity (found by
+    comparing with every frame of that identity's clips), and over a few samples some come from another clip than
+    the driver's; the default (`clip`) always takes it from the driving clip."""
+    from pdfgc.data.stage_datasets import AppearanceFrom, MotionDataset, MotionOptions, to_tensor_images
+
+    src = sources[56]
+
+    def origin(app, clips):
+        for c in clips:
+            frames = to_tensor_images(src.frames(c, np.arange(src.num_frames(c))))
+            if any(torch.equal(app, f) for f in frames):
+                return c
+        return None
+
+    for mode in (AppearanceFrom.identity, AppearanceFrom.clip):
+        ds = MotionDataset(src, length=64, seed=3, image_size=56, options=MotionOptions(app_from=mode))
+        other = 0
+        for k in range(12):
+            item = ds[k]
+            clip = int(item["clip"])
+            siblings = [c for c in range(len(src)) if src.identity(c) == src.identity(clip)]
+            assert len(siblings) == 2
+            c = origin(item["app"], siblings)
+            assert c is not None, "the appearance frame is not a frame of the driver's identity"
+            other += c != clip
+        if mode is AppearanceFrom.identity:
+            assert other > 0
+        else:
+            assert other == 0

@@ -22,6 +22,7 @@ unknown). Keys per stage:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
 import numpy as np
 import torch
@@ -131,9 +132,15 @@ class StageDataset(Dataset):
                 "frame_idx": torch.as_tensor(np.asarray(idx, dtype=np.int64))}
 
 
+class AppearanceFrom(str, Enum):
+    clip = "clip"            # another frame of the driving clip (the reference's sampling)
+    identity = "identity"    # a frame of any clip of the same identity (its layout is not the driver's)
+
+
 @dataclass
 class MotionOptions:
     augment: DrivingAugment = field(default_factory=DrivingAugment)  # driving-frame augmentation (SPEC 4.2)
+    app_from: AppearanceFrom = AppearanceFrom.clip   # where the appearance frame comes from
 
 
 class MotionDataset(StageDataset):
@@ -149,11 +156,28 @@ class MotionDataset(StageDataset):
         aug = self.options.augment
         self.augment = aug if isinstance(aug, DrivingAugment) else DrivingAugment(**dict(aug))
 
+    def _clips_of_identity(self, i: int) -> list[int]:
+        if getattr(self, "_by_identity", None) is None:
+            by: dict[int, list[int]] = {}
+            for c in range(len(self.source)):
+                by.setdefault(int(self.source.identity(c)), []).append(c)
+            self._by_identity = by
+        return self._by_identity[int(self.source.identity(i))]
+
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 2)
         a, d = (int(v) for v in rng.choice(np.arange(lo, hi), size=2, replace=False))
-        img = to_tensor_images(self.source.frames(i, [a, d]))
-        out = {"app": img[0], "drv": img[1], "drv_aug": self.augment(img[1], rng)}
+        out = {}
+        if AppearanceFrom(self.options.app_from) is AppearanceFrom.identity:
+            j = int(rng.choice(self._clips_of_identity(i)))
+            if j != i:
+                a = int(rng.integers(self.source.num_frames(j)))
+                app = to_tensor_images(self.source.frames(j, [a]))[0]
+                drv = to_tensor_images(self.source.frames(i, [d]))[0]
+                out = {"app": app, "drv": drv, "drv_aug": self.augment(drv, rng)}
+        if not out:
+            img = to_tensor_images(self.source.frames(i, [a, d]))
+            out = {"app": img[0], "drv": img[1], "drv_aug": self.augment(img[1], rng)}
         out.update(self._extras(i, [d], squeeze=True))
         out.update(self._common(i, [a, d]))
         return out
