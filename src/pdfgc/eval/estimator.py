@@ -227,6 +227,25 @@ def evaluate_estimator(est: FactorEstimator, frames: np.ndarray, factors: dict) 
     return out
 
 
+def photometric_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small per-image gain and per-channel offset (x in [-1, 1]) so the estimator reads geometry, not the renders'
+    exact colours."""
+    return (x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1, generator=gen))
+            + 0.1 * torch.randn(len(x), 3, 1, 1, generator=gen)).clamp(-1, 1)
+
+
+def estimator_loss(est: "FactorEstimator", x: torch.Tensor, targets: torch.Tensor, classes: torch.Tensor,
+                   reg_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, regression, classification): weighted MSE on the standardised regression targets (NaN targets
+    skipped) + 0.5 x cross-entropy on the emotion class."""
+    out = est(x)
+    y = (targets - est.mean) / est.std
+    mask = torch.isfinite(y)
+    loss_reg = (((out["reg"] - y.nan_to_num()) ** 2) * mask * reg_w).sum() / (mask * reg_w).sum()
+    loss_cls = F.cross_entropy(out["logits"], classes)
+    return loss_reg + 0.5 * loss_cls, loss_reg, loss_cls
+
+
 def train_estimator(train_source, test_source=None, steps: int = 1500, batch_size: int = 32, lr: float = 3e-3,
                     num_clips: int = 400, frames_per_clip: int = 16, width: int = 24, seed: int = 0,
                     test_clips: int = 80, eye_branch: bool = True, loss_weights: dict | None = None,
@@ -264,16 +283,8 @@ def train_estimator(train_source, test_source=None, steps: int = 1500, batch_siz
     n = len(x_all)
     for _ in bar:
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        x = x_all[idx]
-        # small photometric jitter so the estimator reads geometry, not exact colours of renders
-        x = (x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1, generator=gen))
-             + 0.1 * torch.randn(len(x), 3, 1, 1, generator=gen)).clamp(-1, 1)
-        out = est(x)
-        y = (y_all[idx] - est.mean) / est.std
-        mask = torch.isfinite(y)
-        loss_reg = (((out["reg"] - y.nan_to_num()) ** 2) * mask * reg_w).sum() / (mask * reg_w).sum()
-        loss_cls = F.cross_entropy(out["logits"], cls_all[idx])
-        loss = loss_reg + 0.5 * loss_cls
+        loss, loss_reg, loss_cls = estimator_loss(est, photometric_jitter(x_all[idx], gen), y_all[idx],
+                                                  cls_all[idx], reg_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

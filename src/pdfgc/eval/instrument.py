@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from pdfgc.eval.estimator import (REG_FACTORS, FactorEstimator, _stack_targets, render_decorrelated, round_to_half,
-                                  sample_frames, save_estimator, to_tensor)
+from pdfgc.eval.estimator import (REG_FACTORS, FactorEstimator, _stack_targets, estimator_loss, photometric_jitter,
+                                  render_decorrelated, round_to_half, sample_frames, save_estimator, to_tensor)
 
 # claimed factor -> bar (issue 12 item 1): R^2 for the regressions, class accuracy for emotion
 BARS = {"pose": 0.9, "gaze": 0.9, "eye_open": 0.9, "mouth": 0.9, "emotion_acc": 0.9}
@@ -217,16 +216,8 @@ def train_instrument(image_size: int = 56, ids: int = 10000, frames_per_id: int 
     n = len(x_u8)
     for step in bar:
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        x = x_u8[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        # small photometric jitter: the estimator reads geometry, not the renders' exact colours
-        x = (x * (1 + 0.1 * torch.randn(len(x), 1, 1, 1, generator=gen))
-             + 0.1 * torch.randn(len(x), 3, 1, 1, generator=gen)).clamp(-1, 1)
-        o = est(x)
-        y = (y_all[idx] - est.mean) / est.std
-        mask = torch.isfinite(y)
-        loss_reg = (((o["reg"] - y.nan_to_num()) ** 2) * mask * reg_w).sum() / (mask * reg_w).sum()
-        loss_cls = F.cross_entropy(o["logits"], cls_all[idx])
-        loss = loss_reg + 0.5 * loss_cls
+        x = photometric_jitter(x_u8[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0), gen)
+        loss, loss_reg, loss_cls = estimator_loss(est, x, y_all[idx], cls_all[idx], reg_w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
