@@ -59,15 +59,19 @@ def main(argv=None) -> None:
         panel = 1
     a = ax[0][panel]
     copy = {}
+    points = []
     for spec in args.model:
         label, rest = spec.split("=", 1)
         minutes, report = rest.split(":", 1)
-        r = json.loads(Path(report).read_text())
+        points.append((label, float(minutes), json.loads(Path(report).read_text())))
+    span = max([m for _, m, _ in points] + [1.0])
+    for n, (label, minutes, r) in enumerate(points):
         for k, f in enumerate(FACTORS):
-            a.scatter([float(minutes) + 0.3 * (k - 2)], [r["control"]["model"][f]["nerr"]], color=colours[f],
-                      label=f if not copy else None)
+            a.scatter([minutes + 0.012 * span * (k - 2)], [r["control"]["model"][f]["nerr"]], color=colours[f],
+                      label=f if n == 0 else None)
             copy[f] = r["control"]["copy_source"][f]["nerr"]
-        a.annotate(label, (float(minutes), 0.05), ha="center", fontsize=8)
+        a.annotate(label, (minutes, 0.05), ha="center", fontsize=8)
+    a.set_xlim(0, span * 1.1)
     for f, v in copy.items():
         a.axhline(v, color=colours[f], ls="--", lw=0.8)
     a.set(title="whole chain (make demo, synthetic_long)", xlabel="training minutes (all stages)",
