@@ -70,7 +70,7 @@ def main(argv=None) -> None:
             a.scatter([minutes + 0.012 * span * (k - 2)], [r["control"]["model"][f]["nerr"]], color=colours[f],
                       label=f if n == 0 else None)
             copy[f] = r["control"]["copy_source"][f]["nerr"]
-        a.annotate(label, (minutes, 0.05), ha="center", fontsize=8)
+        a.annotate(label, (minutes, 0.05 + 0.17 * n), ha="center", fontsize=8)
     a.set_xlim(0, span * 1.1)
     for f, v in copy.items():
         a.axhline(v, color=colours[f], ls="--", lw=0.8)
