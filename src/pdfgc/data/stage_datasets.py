@@ -155,9 +155,10 @@ class MotionDataset(StageDataset):
         super().__init__(*args, **kwargs)
         aug = self.options.augment
         self.augment = aug if isinstance(aug, DrivingAugment) else DrivingAugment(**dict(aug))
+        self._by_identity: dict[int, list[int]] | None = None  # identity -> its clips, built on first use
 
     def _clips_of_identity(self, i: int) -> list[int]:
-        if getattr(self, "_by_identity", None) is None:
+        if self._by_identity is None:
             by: dict[int, list[int]] = {}
             for c in range(len(self.source)):
                 by.setdefault(int(self.source.identity(c)), []).append(c)
@@ -167,17 +168,17 @@ class MotionDataset(StageDataset):
     def sample(self, rng, index):
         i, lo, hi = self._clip(rng, 2)
         a, d = (int(v) for v in rng.choice(np.arange(lo, hi), size=2, replace=False))
-        out = {}
+        j = i  # the appearance frame's clip
         if AppearanceFrom(self.options.app_from) is AppearanceFrom.identity:
             j = int(rng.choice(self._clips_of_identity(i)))
             if j != i:
                 a = int(rng.integers(self.source.num_frames(j)))
-                app = to_tensor_images(self.source.frames(j, [a]))[0]
-                drv = to_tensor_images(self.source.frames(i, [d]))[0]
-                out = {"app": app, "drv": drv, "drv_aug": self.augment(drv, rng)}
-        if not out:
-            img = to_tensor_images(self.source.frames(i, [a, d]))
-            out = {"app": img[0], "drv": img[1], "drv_aug": self.augment(img[1], rng)}
+        if j == i:
+            app, drv = to_tensor_images(self.source.frames(i, [a, d]))
+        else:
+            app = to_tensor_images(self.source.frames(j, [a]))[0]
+            drv = to_tensor_images(self.source.frames(i, [d]))[0]
+        out = {"app": app, "drv": drv, "drv_aug": self.augment(drv, rng)}
         out.update(self._extras(i, [d], squeeze=True))
         out.update(self._common(i, [a, d]))
         return out

@@ -34,18 +34,25 @@ def load_stage1_networks(ckpt_path, device: str = "cpu"):
     """(appearance, motion, generator0, info) from a stage checkpoint, in eval mode; info says which generator
     weights were used. The checkpoint is read by `pdfgc.train.checkpoint` (weights only) and the networks are
     rebuilt from its model config through the allow-listed builder. Raises a UserError naming what is missing."""
-    from pdfgc.models.config import build_component
     from pdfgc.train import checkpoint as ckpt_format
 
     ckpt = ckpt_format.read(ckpt_path)
     nets, used = [], {}
     for name in ("appearance", "motion", "generator0"):
-        which, sd = ckpt.network(name, prefer_ema=(name == "generator0"))
-        net = build_component(ckpt.model_config[name], source=f"{ckpt_path} [model.{name}]")
-        net.load_state_dict(sd)
-        nets.append(net.to(device).eval())
+        which, net = _network(ckpt, ckpt_path, name, prefer_ema=(name == "generator0"), device=device)
+        nets.append(net)
         used[name] = which
     return (*nets, {"generator": used["generator0"], "stage": ckpt.stage, "iteration": ckpt.iteration})
+
+
+def _network(ckpt, ckpt_path, name: str, prefer_ema: bool, device: str = "cpu"):
+    """(which weights, network in eval mode) of component `name` of a read training checkpoint."""
+    from pdfgc.models.config import build_component
+
+    which, sd = ckpt.network(name, prefer_ema=prefer_ema)
+    net = build_component(ckpt.model_config[name], source=f"{ckpt_path} [model.{name}]")
+    net.load_state_dict(sd)
+    return which, net.to(device).eval()
 
 
 @torch.inference_mode()
@@ -150,16 +157,13 @@ def reconstruction_psnr(ckpt, batch, noise_mode: str = "const", device: str = "c
     generator and copying the appearance frame. `batch`: a collated motion-stage batch (`app`, `drv` in [-1, 1]).
     This is what `debug=overfit` must drive up (issue 12 item 2: >= 30 dB on its 4 samples)."""
     from pdfgc.eval.metrics import psnr_per_image
-    from pdfgc.models.config import build_component
     from pdfgc.pipeline.core import to_uint8
     from pdfgc.train import checkpoint as ckpt_format
 
-    app, mot, g_ema, _ = load_stage1_networks(ckpt, device)
     ck = ckpt_format.read(ckpt)
-    _, sd = ck.network("generator0", prefer_ema=False)
-    g_raw = build_component(ck.model_config["generator0"], source=f"{ckpt} [model.generator0]")
-    g_raw.load_state_dict(sd)
-    g_raw.to(device).eval()
+    app, mot, g_ema, g_raw = (_network(ck, ckpt, name, prefer_ema=ema, device=device)[1] for name, ema in
+                              (("appearance", False), ("motion", False), ("generator0", True),
+                               ("generator0", False)))
     a, d = batch["app"].to(device), batch["drv"].to(device)
     f_app, f_sp = app(a)
     f_mot = mot.trunk(d)

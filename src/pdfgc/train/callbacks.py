@@ -77,7 +77,7 @@ class IterationCheckpoint(pl.Callback):
                 stale.unlink(missing_ok=True)
 
     def _save(self, trainer, it: int, periodic: bool) -> None:
-        trainer.save_checkpoint(self.last_path)  # the full state (optimizers too): exact resume
+        trainer.save_checkpoint(self.last_path)
         self._last_saved = it
         if periodic and trainer.is_global_zero:
             _atomic_copy(self.last_path, self.dirpath / f"iter_{it:07d}.ckpt")
