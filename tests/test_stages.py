@@ -298,10 +298,14 @@ def test_copy_overlapping_keeps_effective_equal_linear_weight():
     assert torch.allclose(wide(x6), expect, atol=1e-6)
 
 
-def test_g0_transfer_makes_g_render_like_g0(tmp_path):
-    """`stage.g0_transfer`: when the unified motion f is an exact linear function of the codes, G fed with
-    [f_app | lip=0 | codes] must render the same image as G0 fed with [f_app | f] (oracle: G0 itself), for codes the
-    fit never saw, in both G and its EMA."""
+@pytest.mark.parametrize("lip", [False, True])
+def test_g0_transfer_makes_g_render_like_g0(tmp_path, lip):
+    """`stage.g0_transfer`: when the unified motion f is an exact linear function of the codes, G fed with the codes
+    as training feeds them ([f_app | lip | x1.2 emo | x1.2 eye | pose], `inference_codes`) must render the same
+    image as G0 fed with [f_app | f] (oracle: G0 itself), for codes the fit never saw, in both G and its EMA. With
+    `g0_transfer.lip` part of f is carried by the audio lip code alone (x1.5), through G's lip columns; without it
+    the lip columns are left alone and a lip code of 0 is fed."""
+    from pdfgc.constants import EMO_SCALE, EYE_SCALE, LIP_SCALE
     from pdfgc.models.latent import assemble_style
     from pdfgc.stages.base import instantiate_component
     from pdfgc.train import checkpoint as ckpt_format
@@ -309,27 +313,40 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path):
 
     r = run_stage(compose_cfg(tmp_path / "m", *small("motion"), "stage.iterations=1"))
     cfg = compose_cfg(tmp_path / "e", *small("emo"), f"stage.init_from={r['last_ckpt']}",
-                      "stage.g0_transfer.enabled=true", "stage.g0_transfer.ridge=1e-4")
+                      "stage.g0_transfer.enabled=true", "stage.g0_transfer.ridge=1e-4",
+                      f"stage.g0_transfer.lip={lip}")
     m = build_stage(cfg)
     g0 = instantiate_component(m.model_cfg, "generator0")
     g0.load_state_dict(ckpt_format.read(r["last_ckpt"]).components["generator0_ema"])
     g0.eval()
     gen = torch.Generator().manual_seed(0)
     basis = torch.randn(8, 64, generator=gen)  # f lives in an 8-d subspace ...
-    mix = {k: torch.randn(8, d, generator=gen) for k, d in (("emo", 30), ("eye", 6), ("pose", 6))}
+    # ... and every code is a linear image of some of the same 8 latent numbers: with the lip option, the last 3
+    # reach f only through the lip code (500-d, rank 3), the others through emo / eye / pose
+    own = torch.ones(8)
+    if lip:
+        own[5:] = 0
+    mix = {k: torch.randn(8, d, generator=gen) * own[:, None] for k, d in (("emo", 30), ("eye", 6), ("pose", 6))}
+    mix_lip = torch.randn(8, 500, generator=gen) * (1 - own)[:, None]
+    state = {}
 
-    def fake_encode(x, heads=()):  # ... and every code is a linear image of the same 8 latent numbers
+    def fake_encode(x, heads=()):
         u = torch.randn(x.shape[0], 8, generator=gen)
-        return {"motion": u @ basis, **{k: u @ w for k, w in mix.items()}}
+        if x.shape[0] > 8:  # the fit's frames: zero-mean, uncorrelated latents (as in a large sample), so that the
+            u = torch.linalg.qr(u - u.mean(0))[0] * x.shape[0] ** 0.5  # sequential fit is exact as well
+        state["u"] = u
+        return {"motion": u @ basis, **{k: u @ w / s for (k, w), s in zip(mix.items(), (EMO_SCALE, EYE_SCALE, 1.0))}}
 
     m.nets["motion"].encode = fake_encode
-    info = m.transfer_g0_motion({"frames": torch.zeros(4, 5, 3, 56, 56)})
+    m.nets["audio"].forward = lambda mel: (None, state["u"] @ mix_lip / LIP_SCALE)
+    info = m.transfer_g0_motion({"frames": torch.zeros(4, 5, 3, 56, 56), "mel": torch.zeros(4, 5, 1, 80, 20)})
     assert info["r2"] > 0.999
     new = fake_encode(torch.zeros(6, 1))
+    lip_in = state["u"] @ mix_lip  # the lip code as G receives it (the raw code x LIP_SCALE)
     f_app, f_sp = torch.randn(6, 128, generator=gen), torch.randn(6, 32, 7, 7, generator=gen)
     with torch.no_grad():
         want = g0(torch.cat([f_app, new["motion"]], 1), f_sp, noise_mode="const")
-        style = assemble_style(f_app, torch.zeros(6, 500), new["emo"], new["eye"], new["pose"])
+        style = assemble_style(f_app, lip_in, new["emo"] * EMO_SCALE, new["eye"] * EYE_SCALE, new["pose"])
         for g in (m.generator, m.ema.shadow):
             got = g.eval()(style, f_sp, noise_mode="const")
             assert (got - want).abs().max() < 2e-3, (got - want).abs().max()
@@ -635,3 +652,49 @@ def test_precise_bn_runs_after_the_last_iteration_and_lands_in_last_ckpt(tmp_pat
     assert int(precise["model.bn1.num_batches_tracked"]) == 3      # three calibration batches after them
     assert not torch.equal(plain["model.bn1.running_mean"], precise["model.bn1.running_mean"])
     assert torch.equal(plain["model.conv1.weight"], precise["model.conv1.weight"])  # weights untouched
+
+
+# ---------------------------------------------------------------------------------------------- emo: codes as inference
+@pytest.mark.parametrize("inference_codes", [True, False])
+def test_emo_stage_feeds_g_the_codes_inference_feeds_it(tmp_path, inference_codes):
+    """The style G is trained on is the style `Pipeline` gives G for the window's centre frame of the same video
+    (SPEC 1.6: lip x1.5 after the 3-tap Gaussian over time, eye/emotion x1.2, pose averaged over 3 frames), except
+    for the emotion code, which training averages over the window. With `inference_codes=false` G gets the raw codes
+    of the centre frame instead. Expectation: the inference code path itself, run on the same networks."""
+    from pdfgc.constants import EMO_SCALE
+    from pdfgc.models.bundle import PDFGCModels
+    from pdfgc.pipeline import Pipeline
+    from pdfgc.train.run import build_datamodule, build_stage
+
+    cfg = compose_cfg(tmp_path, *small("emo"), f"stage.inference_codes={inference_codes}")
+    m = build_stage(cfg).eval()
+    batch = build_datamodule(cfg, m).example_batch()
+    # frames far apart (an untrained trunk reads consecutive synthetic frames alike): every code varies in time
+    gen = torch.Generator().manual_seed(0)
+    batch["frames"] = torch.rand(batch["frames"].shape, generator=gen) * 2 - 1
+    k = batch["frames"].shape[1]
+    c = k // 2
+    with torch.no_grad():
+        style = m.generate(batch)["style"]
+    nets = m.nets
+    pipe = Pipeline(PDFGCModels(nets["appearance"], nets["motion"], nets["audio"], m.generator), device="cpu")
+    dims = pipe.code_dims
+    edges = np.cumsum([0] + [dims[p] for p in ("app", "lip", "emo", "eye", "pose")])
+    part = lambda s, i: s[..., edges[i]:edges[i + 1]]
+    assert k >= 3 and edges[-1] == style.shape[1]
+    for b in range(style.shape[0]):
+        frames = batch["frames"][b]
+        _, inf = pipe.generate(batch["app"][b:b + 1], batch["mel"][b], pose=frames, exp=frames, eye=frames,
+                               drop_leading=False, return_style=True)
+        want = inf[c].clone()
+        want[edges[2]:edges[3]] = part(inf, 2).mean(0)  # the emotion: averaged over the window in training
+        if not inference_codes:  # raw codes of the centre frame
+            enc = nets["motion"].encode(frames[c:c + 1], heads=("pose", "eye"))
+            with torch.no_grad():
+                lip = nets["audio"](batch["mel"][b][c:c + 1])[1][0]
+            want[edges[1]:edges[2]] = lip
+            want[edges[2]:edges[3]] /= EMO_SCALE
+            want[edges[3]:edges[4]] = enc["eye"][0]
+            want[edges[4]:edges[5]] = enc["pose"][0]
+        for i, name in enumerate(("app", "lip", "emo", "eye", "pose")):
+            assert torch.allclose(part(style[b], i), part(want, i), atol=1e-5, rtol=1e-4), name

@@ -205,3 +205,25 @@ def test_mouth_rest_width_follows_face_width():
     assert np.all(np.abs(ratio - 1) <= 0.02 + 1e-12) and ratio.std() > 0.008
     a = np.array([p[syn.I_A] for p in ids])
     assert np.corrcoef(a, [p[syn.I_MW] for p in ids])[0, 1] > 0.95
+
+
+def test_preloaded_states_equal_the_lazy_ones_and_are_built_once_per_process(monkeypatch):
+    import pdfgc.data.synthetic as syn
+
+    kw = dict(image_size=32, num_identities=12, clips_per_identity=3, num_frames=10, split="train", seed=5)
+    lazy = syn.SyntheticSource(**kw)
+    monkeypatch.setattr(syn, "_PRELOADED", {})
+    pre = syn.SyntheticSource(**kw, preload=True)
+    assert len(pre._pinned) == len(lazy)
+    for i in range(len(lazy)):  # every clip: same identity, pixels, factors and audio features as on demand
+        assert pre.identity(i) == lazy.identity(i)
+        assert np.array_equal(pre.frames(i, [0, 4, 9]), lazy.frames(i, [0, 4, 9]))
+        fa, fb = pre.factors(i, [2, 7]), lazy.factors(i, [2, 7])
+        assert fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+    assert np.array_equal(pre.mel(len(lazy) - 1), lazy.mel(len(lazy) - 1))
+    # a second source with the same settings (e.g. the next stage of a chain, at another image size) reuses them
+    again = syn.SyntheticSource(**{**kw, "image_size": 48}, preload=True)
+    assert again._pinned is pre._pinned and len(syn._PRELOADED) == 1
+    other = syn.SyntheticSource(**{**kw, "seed": 6}, preload=True)  # other settings: built anew
+    assert other._pinned is not pre._pinned and len(syn._PRELOADED) == 2
+    assert not np.array_equal(other.frames(0, [0]), pre.frames(0, [0]))

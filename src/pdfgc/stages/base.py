@@ -378,7 +378,8 @@ class StageModule(pl.LightningModule):
         b1, b2 = (float(b) for b in opt_cfg.betas)
         lr = float(opt_cfg.lr) * lr_scale
         return torch.optim.Adam(self._lr_groups(params, opt_cfg.lr_mul, lr), lr=lr,
-                                betas=(b1 ** beta_power, b2 ** beta_power), weight_decay=float(opt_cfg.weight_decay))
+                                betas=(b1 ** beta_power, b2 ** beta_power), weight_decay=float(opt_cfg.weight_decay),
+                                foreach=True)
 
     def _lr_groups(self, params, lr_mul, lr: float) -> list[dict]:
         """Split `params` into Adam parameter groups by component: one group at `lr` for every parameter whose

@@ -17,10 +17,12 @@ from enum import Enum
 
 import torch
 
+from pdfgc.constants import EMO_SCALE, EYE_SCALE, LIP_SCALE
 from pdfgc.data.stage_datasets import EmoDataset, EmoOptions
 from pdfgc.losses.consistency import lip_sync_consistency
 from pdfgc.losses.decorrelation import MemoryBank, cross_correlation_loss
 from pdfgc.models.latent import assemble_style
+from pdfgc.pipeline.controls import gaussian_kernel, smooth_lip, smooth_pose
 from pdfgc.stages.base import GANStage
 from pdfgc.stages.config import GANStageConfig, PerceptualConfig, StageConfigError
 
@@ -68,6 +70,8 @@ class G0TransferConfig:
     enabled: bool = True
     ridge: float = 1.0           # ridge of the code -> unified-motion regression (standardised codes)
     sequential: bool = True      # fit eye+pose first, emotion on the residual (false: one joint fit)
+    lip: bool = False            # also G's lip columns from the audio lip code (sequential: after eye+pose)
+    batches: int = 1             # batches the fit sees: the first training batch + fixed calibration draws
 
 
 @dataclass
@@ -75,6 +79,9 @@ class EmoConfig(GANStageConfig):
     name: str = "emo"
     iterations: int = 2000
     batch_size: int = 4          # windows, x dataset.window frames each
+    # feed G the codes as inference does (SPEC 1.6): lip x1.5 after the 3-tap Gaussian over time, eye and emotion
+    # x1.2, pose averaged over 3 frames. false: raw codes, which inference then exaggerates (training log (l))
+    inference_codes: bool = True
     loss: EmoLossConfig = field(default_factory=EmoLossConfig)
     g0_transfer: G0TransferConfig = field(default_factory=G0TransferConfig)
     dataset: EmoOptions = field(default_factory=EmoOptions)
@@ -132,30 +139,52 @@ class EmoStage(GANStage):
         renders motion. Here the unified motion of this batch's frames is regressed on their codes, f ~ A c + b
         (ridge on standardised codes, `g0_transfer.ridge`; with `sequential` eye+pose first, emotion on the
         residual), and each modulation layer gets effective columns
-        W0_mot A and bias + W0_mot b: at iteration 0 G(app, codes) ~ G0(app, A codes + b). The lip columns (the
-        audio drives them) keep their init. Applied to G and its EMA. Returns {"r2": fit R^2 on the batch}.
+        W0_mot A and bias + W0_mot b: at iteration 0 G(app, codes) ~ G0(app, A codes + b). With `g0_transfer.lip`
+        the audio lip code joins the fit (after eye+pose when sequential) and the lip columns get W0_mot A_lip;
+        otherwise they keep their init. The fit sees `g0_transfer.batches` batches (this one, then fixed
+        calibration draws: 500 lip dims need more frames than one batch holds). Applied to G and its EMA. Returns
+        {"r2": fit R^2 over those frames}.
         """
-        frames = batch["frames"].flatten(0, 1)
+        cfg = self.config.g0_transfer
+        batches = [batch]
+        if int(cfg.batches) > 1 and getattr(self, "draw_batches", None) is not None:
+            batches += list(self.draw_batches(int(cfg.batches) - 1))
         motion = self.nets["motion"]
         modes = {m: m.training for m in motion.modules()}
         motion.eval()  # the trainable emo head's BatchNorm statistics must not move here
-        enc = motion.encode(frames, heads=("pose", "eye", "emo"))
+        encs = [motion.encode(bt["frames"].flatten(0, 1), heads=("pose", "eye", "emo")) for bt in batches]
+        enc = {k: torch.cat([e[k] for e in encs]) for k in encs[0]}
         for m, was in modes.items():
             m.training = was
         f = enc["motion"]  # (n, m0) target: the unified motion G0 was trained on
-        c = torch.cat([enc["emo"], enc["eye"], enc["pose"]], 1)  # (n, 42) in the style order after lip
-        lam = float(self.config.g0_transfer.ridge)
+        s_lip, s_eye, s_emo = self._scales()  # the codes as G receives them
+        c = torch.cat([enc["emo"] * s_emo, enc["eye"] * s_eye, enc["pose"]], 1)  # (n, 42) in the style order
+        lam = float(cfg.ridge)
         n_emo = enc["emo"].shape[1]
-        if self.config.g0_transfer.sequential:
-            # eye + pose first, the emotion code only explains what they leave: G's motion goes through the
-            # factor codes where they can carry it, instead of through the wide 30-d emotion code
+        lip = None
+        if cfg.lip:  # every frame's audio lip code (unsmoothed: smoothing needs neighbours outside the window)
+            lip = torch.cat([self.nets["audio"](bt["mel"].flatten(0, 1))[1] for bt in batches]) * s_lip
+        if cfg.sequential:
+            # eye + pose first, (the lip code next,) the emotion code only explains what they leave: G's motion goes
+            # through the factor codes where they can carry it, instead of through the wide 30-d emotion code
             a_pe, b_pe = ridge_fit(c[:, n_emo:], f, lam)
-            a_e, b_e = ridge_fit(c[:, :n_emo], f - (c[:, n_emo:] @ a_pe.t() + b_pe), lam)
+            r = f - (c[:, n_emo:] @ a_pe.t() + b_pe)
+            if lip is not None:
+                a_l, b_l = ridge_fit(lip, r, lam)
+                r = r - (lip @ a_l.t() + b_l)
+                b_pe = b_pe + b_l
+            a_e, b_e = ridge_fit(c[:, :n_emo], r, lam)
             a, b = torch.cat([a_e, a_pe], 1), b_pe + b_e
         else:
-            a, b = ridge_fit(c, f, lam)
+            if lip is not None:
+                a_all, b = ridge_fit(torch.cat([lip, c], 1), f, lam)
+                a_l, a = a_all[:, :lip.shape[1]], a_all[:, lip.shape[1]:]
+            else:
+                a, b = ridge_fit(c, f, lam)
         fm = f.mean(0)
         pred = c @ a.t() + b
+        if lip is not None:
+            pred = pred + lip @ a_l.t()
         r2 = 1 - ((pred - f) ** 2).sum() / ((f - fm) ** 2).sum().clamp_min(1e-12)
         n_code = c.shape[1]
         code_dims = sum(motion.code_dims.values())  # lip + emo + eye + pose: G's style after f_app
@@ -175,6 +204,9 @@ class EmoStage(GANStage):
                                            f"the motion trunk gives {a.shape[0]} dims and the codes {code_dims}; were "
                                            "generator0 and motion trained in one run with this model config?")
                 w[:, w.shape[1] - n_code:] = (w0_mot @ a) / lin.scale
+                if lip is not None:  # the lip columns sit just before the emo/eye/pose ones
+                    n_lip = lip.shape[1]
+                    w[:, w.shape[1] - n_code - n_lip:w.shape[1] - n_code] = (w0_mot @ a_l) / lin.scale
                 if lin.bias is not None:
                     lin.bias += (w0_mot @ b) / lin.lr_mul
         self._g0_src = None
@@ -186,8 +218,15 @@ class EmoStage(GANStage):
             log.info("g0_transfer: emo/eye/pose columns of G set from G0 (fit R^2 %.2f)", info["r2"])
         return super().iteration_step(batch)
 
+    def _scales(self) -> tuple[float, float, float]:
+        """(lip, eye, emotion) factors on the codes G sees: inference's with `inference_codes`, else 1."""
+        return (LIP_SCALE, EYE_SCALE, EMO_SCALE) if self.config.inference_codes else (1.0, 1.0, 1.0)
+
     def codes(self, batch):
-        """All conditioning codes of a batch; frozen encoders run without a graph."""
+        """All conditioning codes of a batch; frozen encoders run without a graph. Raw codes (`lip_a` (B,K,lip),
+        `emo` per frame, `emo_bar`, `eye`, `pose` of the centre frame) for the losses, and `g_lip`, `g_emo`,
+        `g_eye`, `g_pose`: the centre frame's codes as G receives them (`inference_codes`: what `Pipeline` feeds G
+        for that frame of a video, SPEC 1.6, with the emotion averaged over the window)."""
         frames, mel = batch["frames"], batch["mel"]
         b, k = frames.shape[:2]
         c = k // 2
@@ -197,19 +236,28 @@ class EmoStage(GANStage):
         motion = self.nets["motion"]
         f = motion.trunk(frames.flatten(0, 1))  # frozen trunk: no graph (its params do not require grad)
         emo = motion.head("emo", f)  # (B*K, emo) trainable head
+        lip_a = lip_a.view(b, k, -1)
         with torch.no_grad():
-            fc = f.view(b, k, -1)[:, c]
-            pose = motion.head("pose", fc)
-            eye = motion.head("eye", fc)
-        return dict(b=b, k=k, c=c, f_app=f_app, f_sp=f_sp, f_aud=f_aud, lip_a=lip_a.view(b, k, -1), emo=emo,
-                    emo_bar=emo.view(b, k, -1).mean(1), pose=pose, eye=eye)
+            fk = f.view(b, k, -1)
+            eye = motion.head("eye", fk[:, c])
+            pose = motion.head("pose", fk[:, c])
+            g_pose, g_lip = pose, lip_a[:, c]
+            if self.config.inference_codes:
+                lo, hi = max(c - 1, 0), min(c + 2, k)  # smooth_pose: the mean over the neighbours that exist
+                g_pose = motion.head("pose", fk[:, lo:hi].flatten(0, 1)).view(b, hi - lo, -1).mean(1)
+                w = gaussian_kernel(3, 1.0).to(lip_a)  # smooth_lip: zero padding beyond the window
+                g_lip = sum(w[j + 1] * lip_a[:, c + j] for j in (-1, 0, 1) if 0 <= c + j < k)
+        emo_bar = emo.view(b, k, -1).mean(1)
+        s_lip, s_eye, s_emo = self._scales()
+        return dict(b=b, k=k, c=c, f_app=f_app, f_sp=f_sp, f_aud=f_aud, lip_a=lip_a, emo=emo, emo_bar=emo_bar,
+                    pose=pose, eye=eye, g_lip=g_lip * s_lip, g_emo=emo_bar * s_emo, g_eye=eye * s_eye, g_pose=g_pose)
 
     def generate(self, batch, generator=None):
         z = self.codes(batch)
         g = generator if generator is not None else self.generator
-        style = assemble_style(z["f_app"], z["lip_a"][:, z["c"]], z["emo_bar"], z["eye"], z["pose"])
+        style = assemble_style(z["f_app"], z["g_lip"], z["g_emo"], z["g_eye"], z["g_pose"])
         fake = g(style, z["f_sp"], noise_mode=self.noise_mode)
-        return {"fake": fake, "real": batch["frames"][:, z["c"]], **z}
+        return {"fake": fake, "real": batch["frames"][:, z["c"]], "style": style, **z}
 
     def compute_losses(self, batch, out=None):
         c = out["c"]  # the target is the window's centre frame
@@ -238,27 +286,31 @@ class EmoStage(GANStage):
         z = self.codes(sub)
         g = self.ema.shadow
         c = z["c"]
-        lip = z["lip_a"][:, c]
+        lip = z["g_lip"]
 
         def render(f_app, f_sp, lip_, emo_, eye_, pose_):
             return g(assemble_style(f_app, lip_, emo_, eye_, pose_), f_sp, noise_mode="const")
 
         real = sub["frames"][:, c]
-        fake = render(z["f_app"], z["f_sp"], lip, z["emo_bar"], z["eye"], z["pose"])
+        fake = render(z["f_app"], z["f_sp"], lip, z["g_emo"], z["g_eye"], z["g_pose"])
         media = {"recon": image_grid([sub["app"], real, fake])}
         for factor in ("emo", "pose"):
             cells = []
             for i in range(n):
-                emo_ = z["emo_bar"][i:i + 1].expand(n, -1) if factor == "emo" else z["emo_bar"]
-                pose_ = z["pose"][i:i + 1].expand(n, -1) if factor == "pose" else z["pose"]
-                cells.append(render(z["f_app"], z["f_sp"], lip, emo_, z["eye"], pose_))
+                emo_ = z["g_emo"][i:i + 1].expand(n, -1) if factor == "emo" else z["g_emo"]
+                pose_ = z["g_pose"][i:i + 1].expand(n, -1) if factor == "pose" else z["g_pose"]
+                cells.append(render(z["f_app"], z["f_sp"], lip, emo_, z["g_eye"], pose_))
             media[f"swap_{factor}"] = swap_grid(real, sub["app"], torch.stack(cells))
         # short video of sample 0: every frame of the window rendered with its own pose/eye/lip, real | fake
         motion = self.nets["motion"]
         frames0 = sub["frames"][0]
         enc = motion.encode(frames0, heads=("pose", "eye"))
         k = frames0.shape[0]
-        vid = render(z["f_app"][:1].expand(k, -1), z["f_sp"][:1].expand(k, -1, -1, -1), z["lip_a"][0],
-                     z["emo_bar"][:1].expand(k, -1), enc["eye"], enc["pose"])
+        s_lip, s_eye, _ = self._scales()
+        lip0, pose0 = z["lip_a"][0], enc["pose"]
+        if self.config.inference_codes:
+            lip0, pose0 = smooth_lip(lip0), smooth_pose(pose0)
+        vid = render(z["f_app"][:1].expand(k, -1), z["f_sp"][:1].expand(k, -1, -1, -1), lip0 * s_lip,
+                     z["g_emo"][:1].expand(k, -1), enc["eye"] * s_eye, pose0)
         media["video"] = torch.cat([frames0, vid], dim=-1)
         return media

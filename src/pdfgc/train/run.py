@@ -277,6 +277,7 @@ def run_stage(cfg) -> dict:
     loader = datamodule.train_dataloader()
     loggers = _instantiate_loggers(cfg)
     resolved = _to_dict(cfg)
+    module.draw_batches = datamodule.calibration_batches  # fixed seeded batches for a stage's own set-up fits
     precise = PreciseBatchNorm(module.config.precise_bn, datamodule.calibration_batches)
     callbacks = [precise] + _instantiate_callbacks(cfg) + [TrainingState(run_config=resolved)]
     max_steps = module.optimizer_steps()
