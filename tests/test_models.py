@@ -397,6 +397,8 @@ def test_appearance_stem_options_make_f_sp_a_true_map_at_small_sizes():
     (docs/training.md, experiment log 2026-12-02 (c))."""
     tiny = dict(load_model_config("tiny")["appearance"])
     assert (tiny["stem_stride"], tiny["stem_pool"]) == (1, False)  # the tiny model's (experiment log (c), (f))
+    tiny["layer_strides"] = [2, 2, 2]  # (the tiny model also drops layer4's stride, log (o): tested below)
+    tiny["spatial_size"] = 7
     assert (load_model_config("pdfgc")["appearance"]["stem_stride"],
             load_model_config("pdfgc")["appearance"]["stem_pool"]) == (2, True)  # the released stem
     ref_cfg = {**tiny, "stem_stride": 2, "stem_pool": True}
@@ -414,3 +416,42 @@ def test_appearance_stem_options_make_f_sp_a_true_map_at_small_sizes():
         torch.testing.assert_close(f_sp, small.conv1x1(trunk))
         torch.testing.assert_close(f_app, trunk.mean(dim=(2, 3)))
     assert (f_sp[..., 0] - f_sp[..., 1]).abs().max() > 1e-3
+
+
+def test_finer_start_size_builds_a_generator_and_appearance_map_that_fit_each_other():
+    """`generator.start_size: 14` (56 px: 14 -> 28 -> 56, channels by the same 56-referenced table) with the
+    appearance trunk's `layer_strides: [2, 2, 1]` (total stride 4 with the tiny stem): f_sp is the true 14x14
+    layer4 map (no pooling), the model config derives the appearance's spatial size from the generator, a start
+    size that is not image_size / 2^k is refused, and the reference configs carry no new key."""
+    from pdfgc.models.config import resolve_model_config
+    from pdfgc.models.generator import Generator, channel_table
+
+    assert channel_table(56, 1, 16, 32, s0=14) == {14: 32, 28: 32, 56: 16}  # = the 7-based table without its 7
+    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in load_model_config("tiny").items()}
+    for name in ("generator", "generator0"):
+        cfg[name]["start_size"] = 14
+    cfg["appearance"]["layer_strides"] = [2, 2, 1]
+    for key in ("spatial_size", "spatial_dim"):
+        cfg["appearance"].pop(key, None)
+    cfg = resolve_model_config(cfg)
+    assert (cfg["appearance"]["spatial_size"], cfg["appearance"]["spatial_dim"]) == (14, 32)
+    torch.manual_seed(0)
+    app, g = build_component(cfg["appearance"]).eval(), build_component(cfg["generator"]).eval()
+    assert (g.start_size, len(g.convs), g.num_layers) == (14, 4, 5)  # two upsampling levels, not three
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        trunk = app.model.features(x)
+        assert trunk.shape[-2:] == (14, 14)
+        f_app, f_sp = app(x)
+        torch.testing.assert_close(f_sp, app.conv1x1(trunk))
+        img = g(torch.randn(2, g.style_dim), f_sp, noise_mode="const")
+    assert img.shape == (2, 3, 56, 56)
+    for bad in (8, 12, 56):  # 56/8 = 7 is not a power of two, 12 does not divide 56, 56 leaves no doubling
+        with pytest.raises(ValueError, match="start_size"):
+            Generator(image_size=56, style_dim=8, channel_multiplier=1, channel_base=16, channel_max=32,
+                      start_size=bad)
+    ref = load_model_config("pdfgc")  # the released layout, named; the built networks' configs stay as before
+    assert (ref["generator"]["start_size"], ref["appearance"]["layer_strides"]) == (7, [2, 2, 2])
+    assert "start_size" not in build_component(ref["generator0"]).config
+    tiny = load_model_config("tiny")  # the tiny model's choice (experiment log (o))
+    assert (tiny["generator"]["start_size"], tiny["appearance"]["layer_strides"]) == (14, [2, 2, 1])

@@ -343,7 +343,8 @@ def test_g0_transfer_makes_g_render_like_g0(tmp_path, lip):
     assert info["r2"] > 0.999
     new = fake_encode(torch.zeros(6, 1))
     lip_in = state["u"] @ mix_lip  # the lip code as G receives it (the raw code x LIP_SCALE)
-    f_app, f_sp = torch.randn(6, 128, generator=gen), torch.randn(6, 32, 7, 7, generator=gen)
+    s0 = m.generator.start_size
+    f_app, f_sp = torch.randn(6, 128, generator=gen), torch.randn(6, 32, s0, s0, generator=gen)
     with torch.no_grad():
         want = g0(torch.cat([f_app, new["motion"]], 1), f_sp, noise_mode="const")
         style = assemble_style(f_app, lip_in, new["emo"] * EMO_SCALE, new["eye"] * EYE_SCALE, new["pose"])

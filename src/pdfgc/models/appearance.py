@@ -44,7 +44,7 @@ class ResNeXt(nn.Module):
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), groups: int = 32, width_per_group: int = 4,
                  base_planes: int = 64, num_imagenet_classes: int = 1000, stem_stride: int = 2,
-                 stem_pool: bool = True):
+                 stem_pool: bool = True, layer_strides: Sequence[int] = (2, 2, 2)):
         super().__init__()
         self.inplanes = base_planes
         self.groups = groups
@@ -55,9 +55,10 @@ class ResNeXt(nn.Module):
         # stem_pool=False replaces the stride-2 max-pool by the identity (no parameters either way)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem_pool else nn.Identity()
         self.layer1 = self._make_layer(base_planes, layers[0])
-        self.layer2 = self._make_layer(base_planes * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(base_planes * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(base_planes * 8, layers[3], stride=2)
+        s2, s3, s4 = (int(v) for v in layer_strides)
+        self.layer2 = self._make_layer(base_planes * 2, layers[1], stride=s2)
+        self.layer3 = self._make_layer(base_planes * 4, layers[2], stride=s3)
+        self.layer4 = self._make_layer(base_planes * 8, layers[3], stride=s4)
         self.out_dim = base_planes * 8 * Bottleneck.expansion
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.out_dim, num_imagenet_classes)
@@ -102,18 +103,22 @@ class AppearanceEncoder(nn.Module):
         num_imagenet_classes: int = 1000, # the trunk's unused ImageNet head (kept for the checkpoint keys)
         stem_stride: int = 2,             # stride of the 7x7 stem conv (reference: 2)
         stem_pool: bool = True,           # the stem's stride-2 max-pool (reference: on)
+        layer_strides: Sequence[int] = (2, 2, 2),  # strides of layer2..4 (reference: 2, 2, 2)
     ):
         """The trunk's total stride is 32 with the reference stem (stem_stride 2 + max-pool), so f_sp is the
         layer4 map at spatial_size only when image_size = 32 * spatial_size (224 px -> 7x7). At smaller sizes the
         layer4 map is smaller than f_sp and `adaptive_avg_pool2d` only replicates it (56 px: a 2x2 map blown up to
-        7x7): pass stem_stride=1, stem_pool=False (total stride 8) so that 56 px gives a true 7x7 map."""
+        7x7): pass stem_stride=1, stem_pool=False (total stride 8) so that 56 px gives a true 7x7 map, and
+        layer_strides=(2, 2, 1) (total stride 4) for a 14x14 map (a generator starting at 14)."""
         super().__init__()
         self.config = dict(image_size=image_size, layers=list(layers), groups=groups,
                            width_per_group=width_per_group, base_planes=base_planes, spatial_dim=spatial_dim,
                            spatial_size=spatial_size, num_classes=num_classes,
                            num_imagenet_classes=num_imagenet_classes, stem_stride=stem_stride, stem_pool=stem_pool)
+        if tuple(int(v) for v in layer_strides) != (2, 2, 2):  # only then: earlier configs stay as they were
+            self.config["layer_strides"] = [int(v) for v in layer_strides]
         self.model = ResNeXt(layers, groups, width_per_group, base_planes, num_imagenet_classes,
-                             stem_stride=stem_stride, stem_pool=stem_pool)
+                             stem_stride=stem_stride, stem_pool=stem_pool, layer_strides=layer_strides)
         self.app_dim = self.model.out_dim
         self.spatial_dim = spatial_dim
         self.spatial_size = spatial_size

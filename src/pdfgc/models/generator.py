@@ -18,12 +18,13 @@ from .layers import DEFAULT_BLUR_KERNEL, NOISE_MODES, ConstantInput, EqualLinear
 
 
 def channel_table(image_size: int, channel_multiplier: int = 2, channel_base: int = 256,
-                  channel_max: int = 512) -> dict[int, int]:
+                  channel_max: int = 512, s0: int | None = None) -> dict[int, int]:
     """Channels per resolution. With the defaults this is the reference table: {7..56: 512, 112: 256, 224: 128}
     (7-based) or {4..32: 512, 64: 512, 128: 256, 256: 128, ...} (2^k-based), i.e.
-    min(channel_max, channel_multiplier * channel_base * ref / res) with ref = 56 (7-based) or 64 (2^k-based)."""
-    s0 = start_size(image_size)
-    ref = 56 if s0 == 7 else 64
+    min(channel_max, channel_multiplier * channel_base * ref / res) with ref = 56 (7-based) or 64 (2^k-based).
+    `s0`: the start size (default: `start_size(image_size)`)."""
+    s0 = start_size(image_size, s0)
+    ref = 56 if s0 % 7 == 0 else 64
     table = {}
     res = s0
     while res <= image_size:
@@ -32,8 +33,15 @@ def channel_table(image_size: int, channel_multiplier: int = 2, channel_base: in
     return table
 
 
-def start_size(image_size: int) -> int:
-    """7 for 7*2^k sizes, 4 for 2^k sizes (k >= 0 resp. k >= 2); ValueError otherwise."""
+def start_size(image_size: int, s0: int | None = None) -> int:
+    """7 for 7*2^k sizes, 4 for 2^k sizes (k >= 0 resp. k >= 2); ValueError otherwise. With `s0` given (a finer
+    start, e.g. 14 for 56 px: the tiny model's choice), checks that image_size = s0 * 2^k (k >= 1) and returns it."""
+    if s0 is not None:
+        k = image_size // int(s0) if int(s0) > 0 else 0
+        if int(s0) < 4 or image_size % int(s0) or k < 2 or k & (k - 1):
+            raise ValueError(f"Generator: start_size {s0} does not divide image_size {image_size} into a power of two "
+                             ">= 2 (e.g. 7 or 14 for 56 px)")
+        return int(s0)
     for s0 in (7, 4):
         if image_size % s0 == 0:
             k = image_size // s0
@@ -41,6 +49,9 @@ def start_size(image_size: int) -> int:
                 return s0
     raise ValueError(f"Generator: image_size must be 7*2^k (e.g. 56, 112, 224) or 2^k >= 4 (e.g. 64, 256), "
                      f"got {image_size}")
+
+
+_start_size = start_size  # the parameter of the same name shadows it inside Generator
 
 
 class Generator(nn.Module):
@@ -63,12 +74,15 @@ class Generator(nn.Module):
         channel_max: int = 512,           # cap; also the spatial input channels at s0
         blur_kernel: Sequence[int] = DEFAULT_BLUR_KERNEL,
         conv_impl: str = "fused",         # "fused" (shared-weight batch conv) or "grouped" (reference formulation)
+        start_size: Optional[int] = None,  # side of the spatial input (None: 7 or 4 from image_size, the reference)
     ):
         super().__init__()
         self.config = dict(image_size=image_size, style_dim=style_dim, feature_encoded_dim=feature_encoded_dim,
                            n_mlp=n_mlp, lr_mlp=lr_mlp, channel_multiplier=channel_multiplier,
                            channel_base=channel_base, channel_max=channel_max, blur_kernel=list(blur_kernel),
                            conv_impl=conv_impl)
+        if start_size is not None and int(start_size) != _start_size(image_size):
+            self.config["start_size"] = int(start_size)  # only then: configs of earlier checkpoints stay as they were
         self.image_size = image_size
         self.style_dim = style_dim
         # CPU inference runs the fused convolutions in channels_last (NHWC) layout, oneDNN's fast path (measured
@@ -77,8 +91,8 @@ class Generator(nn.Module):
         fe_dim = feature_encoded_dim or style_dim
         self.style = nn.Sequential(PixelNorm(), *[EqualLinear(fe_dim, style_dim, lr_mul=lr_mlp,
                                                               activation="fused_lrelu") for _ in range(n_mlp)])
-        self.start_size = s0 = start_size(image_size)
-        self.channels = channel_table(image_size, channel_multiplier, channel_base, channel_max)
+        self.start_size = s0 = _start_size(image_size, start_size)
+        self.channels = channel_table(image_size, channel_multiplier, channel_base, channel_max, s0)
         c0 = self.channels[s0]
         self.spatial_channels = c0
         self.input = ConstantInput(c0, s0)
@@ -104,11 +118,11 @@ class Generator(nn.Module):
 
     @staticmethod
     def input_shape(image_size: int = IMAGE_SIZE, channel_multiplier: int = 2, channel_base: int = 256,
-                    channel_max: int = 512, **_) -> tuple[int, int]:
+                    channel_max: int = 512, start_size: Optional[int] = None, **_) -> tuple[int, int]:
         """(start size s0, channels C0) of the spatial input this configuration expects, without building it (the
         appearance encoder's f_sp must be (B, C0, s0, s0))."""
-        s0 = start_size(image_size)
-        return s0, channel_table(image_size, channel_multiplier, channel_base, channel_max)[s0]
+        s0 = _start_size(image_size, start_size)
+        return s0, channel_table(image_size, channel_multiplier, channel_base, channel_max, s0)[s0]
 
     def style_layers(self) -> dict[str, EqualLinear]:
         """Every layer that reads the style vector (the modulation of each modulated convolution, ToRGB included),
