@@ -80,7 +80,7 @@ class EmoConfig(GANStageConfig):
     iterations: int = 2000
     batch_size: int = 4          # windows, x dataset.window frames each
     # feed G the codes as inference does (SPEC 1.6): lip x1.5 after the 3-tap Gaussian over time, eye and emotion
-    # x1.2, pose averaged over 3 frames. false: raw codes, which inference then exaggerates (training log (l))
+    # x1.2, pose averaged over 3 frames. false: raw codes, which inference then exaggerates (training log (m))
     inference_codes: bool = True
     loss: EmoLossConfig = field(default_factory=EmoLossConfig)
     g0_transfer: G0TransferConfig = field(default_factory=G0TransferConfig)
