@@ -45,12 +45,13 @@ def _features(models, src, clips, frames) -> dict[str, np.ndarray]:
 
 
 def ridge_r2(xtr, ytr, xte, yte, lam: float = 10.0) -> np.ndarray:
-    """Per-output R^2 on the test rows of a ridge fit on standardised inputs (the intercept is not penalised)."""
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    ztr, zte = (xtr - mu) / sd, (xte - mu) / sd
-    ym = ytr.mean(0)
-    w = np.linalg.solve(ztr.T @ ztr + lam * np.eye(ztr.shape[1]), ztr.T @ (ytr - ym))
-    pred = zte @ w + ym
+    """Per-output R^2 on the test rows of a ridge fit on the train rows (`pdfgc.stages.emo.ridge_fit`: standardised
+    inputs, intercept not penalised)."""
+    from pdfgc.stages.emo import ridge_fit
+
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))
+    a, b = ridge_fit(t(xtr), t(ytr), lam)
+    pred = (t(xte) @ a.t() + b).numpy()
     return 1 - ((pred - yte) ** 2).sum(0) / ((yte - yte.mean(0)) ** 2).sum(0)
 
 

@@ -37,11 +37,12 @@ def start_size(image_size: int, s0: int | None = None) -> int:
     """7 for 7*2^k sizes, 4 for 2^k sizes (k >= 0 resp. k >= 2); ValueError otherwise. With `s0` given (a finer
     start, e.g. 14 for 56 px: the tiny model's choice), checks that image_size = s0 * 2^k (k >= 1) and returns it."""
     if s0 is not None:
-        k = image_size // int(s0) if int(s0) > 0 else 0
-        if int(s0) < 4 or image_size % int(s0) or k < 2 or k & (k - 1):
+        s0 = int(s0)
+        k = image_size // s0 if s0 >= 4 else 0
+        if k < 2 or image_size % s0 or k & (k - 1):
             raise ValueError(f"Generator: start_size {s0} does not divide image_size {image_size} into a power of two "
                              ">= 2 (e.g. 7 or 14 for 56 px)")
-        return int(s0)
+        return s0
     for s0 in (7, 4):
         if image_size % s0 == 0:
             k = image_size // s0

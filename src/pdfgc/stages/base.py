@@ -125,6 +125,9 @@ class StageModule(pl.LightningModule):
     COMPONENTS: tuple[str, ...] = ()
     # component -> "all" or a tuple of roles trainable; absent = frozen
     TRAINABLE: Mapping[str, str | tuple[str, ...]] = {}
+    # `n -> iterator of n collated training batches`, a fixed seeded draw (`PDFGCDataModule.calibration_batches`),
+    # set by `pdfgc.train.run` before fitting, for a stage's own set-up fits (emo: `g0_transfer.batches`)
+    draw_batches = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -147,7 +147,7 @@ class EmoStage(GANStage):
         """
         cfg = self.config.g0_transfer
         batches = [batch]
-        if int(cfg.batches) > 1 and getattr(self, "draw_batches", None) is not None:
+        if int(cfg.batches) > 1 and self.draw_batches is not None:
             batches += list(self.draw_batches(int(cfg.batches) - 1))
         motion = self.nets["motion"]
         modes = {m: m.training for m in motion.modules()}
@@ -240,11 +240,11 @@ class EmoStage(GANStage):
         with torch.no_grad():
             fk = f.view(b, k, -1)
             eye = motion.head("eye", fk[:, c])
-            pose = motion.head("pose", fk[:, c])
-            g_pose, g_lip = pose, lip_a[:, c]
+            # the centre frame and, for smooth_pose, its neighbours that exist in the window
+            lo, hi = (max(c - 1, 0), min(c + 2, k)) if self.config.inference_codes else (c, c + 1)
+            poses = motion.head("pose", fk[:, lo:hi].flatten(0, 1)).view(b, hi - lo, -1)
+            pose, g_pose, g_lip = poses[:, c - lo], poses.mean(1), lip_a[:, c]
             if self.config.inference_codes:
-                lo, hi = max(c - 1, 0), min(c + 2, k)  # smooth_pose: the mean over the neighbours that exist
-                g_pose = motion.head("pose", fk[:, lo:hi].flatten(0, 1)).view(b, hi - lo, -1).mean(1)
                 w = gaussian_kernel(3, 1.0).to(lip_a)  # smooth_lip: zero padding beyond the window
                 g_lip = sum(w[j + 1] * lip_a[:, c + j] for j in (-1, 0, 1) if 0 <= c + j < k)
         emo_bar = emo.view(b, k, -1).mean(1)
